@@ -1,0 +1,28 @@
+# The two commands that work on a fresh machine with only Python 3.11:
+#   make demo   creates .venv, installs, runs the built-in demo end to end
+#   make test   creates/updates .venv, runs the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench venv clean
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[all,test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/xception-edge demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-artifacts .pytest_cache

@@ -1,0 +1,197 @@
+"""The `xception-edge` command line. Each command imports its implementation inside the function,
+so `xception-edge --help` and the device path start without any heavy framework."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__, console
+from .errors import XceptionEdgeError
+
+
+class _Group(click.Group):
+    """Turns toolkit errors into one line on stderr and the error's exit code, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except XceptionEdgeError as exc:
+            console.error(str(exc))
+            raise click.exceptions.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.error("interrupted; nothing half-written was left behind")
+            raise click.exceptions.Exit(130) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="xception-edge")
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's and the converters' own log output.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and results.")
+def cli(verbose: bool, quiet: bool) -> None:
+    """Convert a trained Keras Xception to int8 TFLite / OpenVINO / ONNX per target device,
+    verify every artifact, and measure what quantization costs."""
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    console.configure(quiet=quiet)
+
+
+def _emit_json(data, path: str | None) -> None:
+    text = json.dumps(data, indent=2, default=str)
+    if path in (None, "-"):
+        click.echo(text)
+    else:
+        from .artifact import atomic_write_text
+
+        atomic_write_text(Path(path), text + "\n")
+
+
+# ---------------------------------------------------------------- convert
+@cli.command()
+@click.option("--model", "model", required=True, metavar="M",
+              help="A .keras or .h5 file, a SavedModel folder, or keras:xception (stock architecture).")
+@click.option("--target", "targets", multiple=True, required=True, metavar="T",
+              help="Built-in target name, a path to a .toml profile, or 'all'. Repeatable.")
+@click.option("--calibration", type=click.Path(path_type=Path), metavar="DIR|LIST",
+              help="Calibration images: a folder (class sub-folders optional) or a list file of relative paths.")
+@click.option("--calibration-root", type=click.Path(path_type=Path), metavar="DIR",
+              help="Folder a list file's paths are relative to (default: the list file's folder).")
+@click.option("--num-calibration", type=int, default=None, metavar="N",
+              help="Calibration images to sample (default: the target profile's calibration_size, 300).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the deterministic sampling.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True,
+              help="Output folder; each target is written to OUT/<target>/.")
+@click.option("--force", is_flag=True, help="Overwrite existing artifacts.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check each artifact against the source model before writing it.")
+@click.option("--verify-data", type=click.Path(path_type=Path), metavar="DIR",
+              help="Held-out images for verification (default: calibration images not used for calibration).")
+@click.option("--labels", type=click.Path(path_type=Path), metavar="FILE",
+              help="Class names, one per line (default: the calibration folder's class sub-folders, sorted).")
+@click.option("--unsafe-model", is_flag=True, help="Load .keras files with Keras safe mode off (Lambda layers). Trust the file first.")
+@click.option("--weights", type=click.Choice(["imagenet", "none"]), default="imagenet", show_default=True,
+              help="keras:xception only: ImageNet weights (needs the internet) or random.")
+@click.option("--input-size", type=int, default=299, show_default=True, help="keras:xception only: input size (≥71).")
+@click.option("--num-classes", type=int, default=1000, show_default=True, help="keras:xception only: classes.")
+@click.option("--resize", type=click.Choice(["resize", "crop"]), default="resize", show_default=True,
+              help="Plain resize (as image_dataset_from_directory) or shorter side + centre crop (ImageNet style).")
+@click.option("--crop-fraction", type=float, default=0.875, show_default=True, help="With --resize crop.")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]), default="bilinear", show_default=True)
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]",
+              help="Write machine-readable results to stdout (--json) or a file (--json=PATH).")
+def convert(model, targets, calibration, calibration_root, num_calibration, seed, out, force, verify, verify_data,
+            labels, unsafe_model, weights, input_size, num_classes, resize, crop_fraction, interpolation, json_out):
+    """Convert MODEL to every --target, verify each artifact, and write OUT/<target>/."""
+    from .model_io import KerasXceptionOptions
+    from .pipeline import ConvertRequest, run_convert
+
+    req = ConvertRequest(
+        model=model, targets=tuple(targets), out=out, calibration=calibration, calibration_root=calibration_root,
+        num_calibration=num_calibration, seed=seed, verify=verify, verify_data=verify_data, labels=labels,
+        force=force, unsafe_model=unsafe_model,
+        xception=KerasXceptionOptions(weights=weights, input_size=input_size, num_classes=num_classes),
+        resize=resize, crop_fraction=crop_fraction, interpolation=interpolation,
+    )
+    results = run_convert(req)
+    _report_conversions(results, json_out)
+    if not all(r.ok for r in results):
+        raise click.exceptions.Exit(1)
+
+
+def _report_conversions(results, json_out) -> None:
+    from .tables import conversion_table
+
+    if json_out:
+        import dataclasses
+
+        _emit_json({"results": [dataclasses.asdict(r) for r in results]}, json_out)
+    if json_out != "-":
+        conversion_table(results)
+
+
+# ---------------------------------------------------------------- demo
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-artifacts"), show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=None,
+              help="Where the demo data and model are cached (default: $XCEPTION_EDGE_CACHE or ~/.cache/xception-edge).")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def demo(out, cache, json_out):
+    """Build (or reuse) the demo dataset and model, convert it to every built-in target, and
+    compare each artifact with the Keras model on held-out demo images."""
+    from .demo_run import run_demo
+
+    run_demo(out, cache, json_out)
+
+
+# ---------------------------------------------------------------- targets
+@cli.group()
+def targets():
+    """Built-in target device profiles."""
+
+
+@targets.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def targets_list(as_json):
+    """List the built-in targets."""
+    from .targets import builtin_names, resolve_target
+
+    profiles = [resolve_target(n) for n in builtin_names()]
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in profiles], indent=2))
+        return
+    from .tables import targets_table
+
+    targets_table(profiles)
+
+
+@targets.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def targets_show(name, as_json):
+    """Show one target profile (a built-in name or a .toml path)."""
+    from .targets import resolve_target
+
+    p = resolve_target(name)
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), indent=2))
+        return
+    click.echo(f"# {p.source}")
+    click.echo(Path(p.source).read_text(encoding="utf-8").rstrip())
+
+
+# ---------------------------------------------------------------- calibration
+@cli.group()
+def calibration():
+    """Calibration-set lists."""
+
+
+@calibration.command("make")
+@click.option("--from", "src", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Folder of images (class sub-folders give a class-balanced sample).")
+@click.option("--num", type=int, default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE")
+def calibration_make(src, num, seed, out):
+    """Write a deterministic, class-balanced list of calibration images (paths relative to --from)."""
+    from .calibration import open_source, write_list
+
+    if num < 1:
+        from .errors import BadInput
+
+        raise BadInput(f"--num {num} must be at least 1")
+    source = open_source(src)
+    n = write_list(source, num, seed, out)
+    if n < num:
+        console.warn(f"{src} has only {n} images; the list holds {n}, not {num}")
+    click.echo(f"wrote {out}: {n} images from {src} (seed {seed})")
+
+
+def main() -> None:
+    """Console-script entry: keeps native (C++) log noise out of the terminal unless --verbose."""
+    if "-v" not in sys.argv[1:] and "--verbose" not in sys.argv[1:]:
+        console.capture_native_stderr()
+    cli(prog_name="xception-edge")

@@ -1,0 +1,40 @@
+"""One error hierarchy. Every error is a one-line message that names the file or value
+and says what to do; the CLI prints it and exits with the error's exit code."""
+
+from __future__ import annotations
+
+
+class XceptionEdgeError(Exception):
+    """Base class: a user-facing, one-line error."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class BadInput(XceptionEdgeError):
+    """A file, option or value the user gave is wrong (exit 2)."""
+
+
+class BackendUnavailable(BadInput):
+    """A backend package is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str):
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'xception-edge[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class VerificationFailed(XceptionEdgeError):
+    """A converted artifact disagrees with the source model beyond the floor (exit 1)."""
+
+    exit_code = 1
+
+
+class ConversionFailed(XceptionEdgeError):
+    """A converter failed or produced something it must not (e.g. float ops in int8) (exit 1)."""
+
+    exit_code = 1

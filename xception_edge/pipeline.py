@@ -1,0 +1,222 @@
+"""convert: profile -> checks -> model -> calibration (decoded once) -> convert -> verify -> manifest.
+
+Cheap checks (targets, --out, calibration source, options) run before TensorFlow is imported;
+the model loads once and the calibration images are decoded once for every target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, console
+from .artifact import check_writable_dir, staged_dir, write_manifest
+from .calibration import CalibrationSet, ImageSource, build_calibration, open_source, sample_order
+from .convert import converter_for
+from .errors import BadInput, VerificationFailed, XceptionEdgeError
+from .hostinfo import host
+from .model_io import KerasXceptionOptions, SourceModel, load_source, resolve_labels
+from .preprocess import PreprocessSpec, load_images
+from .runtime import open_artifact
+from .targets import resolve_targets
+from .types import Precision, TargetProfile
+from .verify import VerifyResult, verify
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertRequest:
+    model: str
+    targets: tuple[str, ...]
+    out: Path
+    calibration: Path | None = None
+    calibration_root: Path | None = None
+    num_calibration: int | None = None  # None: each profile's calibration_size
+    seed: int = 0
+    verify: bool = True
+    verify_data: Path | None = None
+    labels: Path | None = None
+    force: bool = False
+    unsafe_model: bool = False
+    xception: KerasXceptionOptions = KerasXceptionOptions()
+    resize: str = "resize"
+    crop_fraction: float = 0.875
+    interpolation: str = "bilinear"
+
+
+@dataclasses.dataclass
+class TargetResult:
+    target: str
+    backend: str
+    precision: str
+    path: str | None
+    size_bytes: int | None
+    seconds: float
+    verification: dict | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _tool_versions() -> dict[str, str]:
+    out = {"xception-edge": __version__}
+    for dist in ("numpy", "pillow", "tensorflow", "keras", "ai-edge-litert", "tflite-runtime"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | None, ImageSource | None]:
+    """Everything that can be checked without TensorFlow."""
+    profiles = resolve_targets(req.targets)
+    if req.num_calibration is not None and req.num_calibration < 1:
+        raise BadInput(f"--num-calibration {req.num_calibration} must be at least 1")
+    check_writable_dir(req.out)
+    for p in profiles:
+        if (req.out / p.name).exists() and not req.force:
+            raise BadInput(f"{req.out / p.name} already exists; pass --force to overwrite it")
+    needs_calib = [p.name for p in profiles if p.precision.needs_calibration]
+    if needs_calib and req.calibration is None:
+        raise BadInput(f"int8 target(s) {', '.join(needs_calib)} need calibration images; pass --calibration DIR or LIST")
+    calib_src = open_source(req.calibration, req.calibration_root) if req.calibration is not None else None
+    verify_src = open_source(req.verify_data) if req.verify_data is not None else None
+    if req.verify and calib_src is None and verify_src is None:
+        raise BadInput("verification needs images: pass --calibration DIR, --verify-data DIR, or --no-verify")
+    return profiles, calib_src, verify_src
+
+
+def _verification_images(
+    spec: PreprocessSpec, n: int, seed: int, calib: CalibrationSet | None, calib_src: ImageSource | None, verify_src: ImageSource | None
+) -> tuple[np.ndarray, str]:
+    if verify_src is not None:
+        order = sample_order(verify_src, seed)
+        paths, origin = [verify_src.files[i] for i in order[:n]], f"{n} images of {verify_src.origin}"
+    else:
+        used = set(calib.files) if calib is not None else set()
+        order = sample_order(calib_src, seed)
+        paths = [calib_src.files[i] for i in order if calib_src.files[i] not in used][:n]
+        origin = f"{len(paths)} held-back images of {calib_src.origin}"
+        if len(paths) < min(n, 8) and calib is not None and len(calib):
+            console.warn(
+                f"{calib_src.origin} has no images left after calibration; verifying on calibration images "
+                "(weaker: pass --verify-data DIR with held-out images)"
+            )
+            return calib.images[:n], f"{min(n, len(calib))} calibration images of {calib_src.origin}"
+    images, failed = load_images(paths, spec)
+    if failed:
+        console.warn(f"{len(failed)} verification image(s) could not be decoded and were skipped: {'; '.join(failed[:3])}")
+    if len(images) == 0:
+        raise BadInput(f"no verification image could be decoded from {origin}; pass --verify-data DIR")
+    return images, f"{len(images)} {origin.split(' ', 1)[1]}"
+
+
+def run_convert(req: ConvertRequest) -> list[TargetResult]:
+    profiles, calib_src, verify_src = precheck(req)
+    src = load_source(req.model, unsafe=req.unsafe_model, xception=req.xception)
+    for w in src.warnings:
+        console.warn(w)
+    labels, labels_from = resolve_labels(src.num_classes, req.labels, calib_src.classes if calib_src else None, calib_src.origin if calib_src else None)
+    spec = PreprocessSpec(src.height, src.width, req.resize, req.crop_fraction, req.interpolation)
+
+    sizes = [req.num_calibration or p.calibration_size for p in profiles if p.precision.needs_calibration]
+    calib = build_calibration(calib_src, spec, max(sizes), req.seed) if sizes else None
+
+    images = reference = None
+    images_from = ""
+    if req.verify:
+        n_verify = max(p.verify.num_images for p in profiles)
+        images, images_from = _verification_images(spec, n_verify, req.seed, calib, calib_src, verify_src)
+        reference = src.predict(images)
+        if reference.max(-1).mean() < 2.0 / src.num_classes:
+            console.warn(
+                f"{req.model} predicts near-uniform probabilities (mean top-1 {reference.max(-1).mean():.4f}); "
+                "untrained weights? verification can only check that outputs match, not that top-1 survives"
+            )
+
+    results = []
+    common = {
+        "source_model": {"spec": req.model, "kind": src.kind, "sha256": src.sha256},
+        "preprocessing": spec.to_dict(),
+        "labels": labels,
+        "labels_from": labels_from,
+        "host": host(),
+        "tools": _tool_versions(),
+    }
+    with tempfile.TemporaryDirectory(prefix="xception-edge-") as workdir:
+        for profile in profiles:
+            n_cal = req.num_calibration or profile.calibration_size
+            target_calib = calib.take(n_cal) if calib is not None and profile.precision.needs_calibration else None
+            results.append(_convert_one(req, profile, src, target_calib, Path(workdir), common, images, reference, images_from))
+    return results
+
+
+def _convert_one(req, profile, src: SourceModel, calib, workdir, common, images, reference, images_from) -> TargetResult:
+    t0 = time.perf_counter()
+    final = req.out / profile.name
+    console.info(f"[{profile.name}] converting: {profile.backend.value} {profile.precision.value}")
+    try:
+        with staged_dir(final, force=req.force) as stage:
+            converted = converter_for(profile.backend)(src, profile, calib, stage, workdir)
+            seconds = time.perf_counter() - t0
+            (stage / "labels.txt").write_text("\n".join(common["labels"]) + "\n", encoding="utf-8")
+            if calib is not None:
+                (stage / "calibration.txt").write_text(calib.list_text(), encoding="utf-8")
+            manifest = {
+                "target": profile.name,
+                "description": profile.description,
+                "hardware": profile.hardware,
+                "backend": profile.backend.value,
+                "format": profile.format.value,
+                "precision": profile.precision.value,
+                "threads": profile.threads,
+                "model_file": converted.model_file,
+                "io": {"input": converted.input.to_dict(), "output": converted.output.to_dict()},
+                **common,
+                "calibration": calib.summary() if calib is not None else None,
+                "conversion": {"seconds": round(seconds, 2), **converted.details},
+                "tools": {**common["tools"], **converted.tools},
+                "profile": profile.to_dict(),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            result = None
+            if images is not None:
+                manifest["files"] = {}
+                runtime = open_artifact(stage, manifest=manifest)
+                result = verify(runtime, images, reference, profile.verify.min_agreement, images_from)
+                _print_verification(profile.name, result)
+                if not result.passed:
+                    raise VerificationFailed(
+                        f"{profile.name}: top-1 agreement with the source model is {result.agreement:.1%} on "
+                        f"{result.images} images, below the floor {result.floor:.0%} (max |Δp| {result.max_abs_diff:.3f}); "
+                        "the artifact was not written"
+                    )
+            manifest["verification"] = result.to_dict() if result else {"skipped": "--no-verify"}
+            manifest.pop("files", None)
+            write_manifest(stage, manifest)
+            size = (stage / converted.model_file).stat().st_size
+        return TargetResult(profile.name, profile.backend.value, profile.precision.value, str(final), size, seconds,
+                            manifest["verification"])
+    except XceptionEdgeError as exc:
+        if isinstance(exc, BadInput):
+            raise
+        console.error(str(exc))
+        return TargetResult(profile.name, profile.backend.value, profile.precision.value, None, None,
+                            time.perf_counter() - t0, None, error=str(exc))
+
+
+def _print_verification(name: str, r: VerifyResult) -> None:
+    mark = "ok" if r.passed else "FAILED"
+    strict = f" (strict {r.strict_agreement:.1%})" if r.strict_agreement != r.agreement else ""
+    console.info(
+        f"[{name}] verify: top-1 agreement {r.agreement:.1%}{strict} on {r.images} images (floor {r.floor:.0%}), "
+        f"max |Δp| {r.max_abs_diff:.4f}, mean |Δp| {r.mean_abs_diff:.5f} — {mark}"
+    )

@@ -1,0 +1,162 @@
+"""Target profiles: one TOML file per target, loaded into frozen dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from pathlib import Path
+
+from .errors import BadInput
+from .types import BACKEND_FORMATS, Backend, DType, Format, GateSpec, Precision, QuantSpec, TargetProfile, VerifySpec
+
+_SECTIONS = {"quantization": QuantSpec, "verify": VerifySpec, "gates": GateSpec}
+_ENUMS = {"backend": Backend, "format": Format, "precision": Precision, "input_dtype": DType, "output_dtype": DType}
+
+
+def builtin_dir() -> Path:
+    """targets/ folder: inside the installed package, or at the repo root in a checkout."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "_targets", here.parent / "targets"):
+        if cand.is_dir():
+            return cand
+    raise BadInput(f"built-in target profiles not found beside {here}; reinstall xception-edge")
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.toml"))
+
+
+def _check_keys(table: dict, cls, where: str, path: Path) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} - {"source"}
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise BadInput(f"{path}: unknown key '{key}' in {where}{hint}")
+
+
+def _section(table: dict, cls, where: str, path: Path):
+    if not isinstance(table, dict):
+        raise BadInput(f"{path}: [{where}] must be a table")
+    _check_keys(table, cls, f"[{where}]", path)
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        hint = str(hints[key])
+        if "tuple" in hint:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise BadInput(f"{path}: [{where}] {key} must be a list of strings, got {value!r}")
+            value = tuple(value)
+        elif "bool" in hint:
+            if not isinstance(value, bool):
+                raise BadInput(f"{path}: [{where}] {key} must be true or false, got {value!r}")
+        elif "float" in hint or "int" in hint:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BadInput(f"{path}: [{where}] {key} must be a number, got {value!r}")
+            if value < 0:
+                raise BadInput(f"{path}: [{where}] {key} must not be negative, got {value!r}")
+        elif "str" in hint and not isinstance(value, str):
+            raise BadInput(f"{path}: [{where}] {key} must be a string, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_profile(path: str | Path) -> TargetProfile:
+    """Parse and validate one target TOML file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"target file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"target file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"target file {path} is not valid TOML: {exc}") from None
+    _check_keys(data, TargetProfile, "the top level", path)
+    kwargs: dict = {"source": str(path)}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            kwargs[key] = _section(value, _SECTIONS[key], key, path)
+        elif key in _ENUMS:
+            enum_cls = _ENUMS[key]
+            try:
+                kwargs[key] = enum_cls(value)
+            except ValueError:
+                allowed = ", ".join(e.value for e in enum_cls)
+                raise BadInput(f"{path}: {key} = {value!r} is not one of: {allowed}") from None
+        elif key in ("per_channel",):
+            if not isinstance(value, bool):
+                raise BadInput(f"{path}: {key} must be true or false, got {value!r}")
+            kwargs[key] = value
+        elif key in ("calibration_size", "threads"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BadInput(f"{path}: {key} must be a positive integer, got {value!r}")
+            kwargs[key] = value
+        else:
+            if not isinstance(value, str):
+                raise BadInput(f"{path}: {key} must be a string, got {value!r}")
+            kwargs[key] = value
+    for required in ("name", "backend", "format", "precision"):
+        if required not in kwargs:
+            raise BadInput(f"{path}: missing required key '{required}'")
+    kwargs.setdefault("description", "")
+    profile = TargetProfile(**kwargs)
+    _check_consistent(profile, path)
+    return profile
+
+
+def _check_consistent(p: TargetProfile, path: Path) -> None:
+    if p.format not in BACKEND_FORMATS[p.backend]:
+        allowed = ", ".join(f.value for f in BACKEND_FORMATS[p.backend])
+        raise BadInput(f"{path}: backend {p.backend.value} writes format {allowed}, not {p.format.value}")
+    if p.precision is not Precision.INT8 and (p.input_dtype is not DType.FLOAT32 or p.output_dtype is not DType.FLOAT32):
+        raise BadInput(f"{path}: input/output dtype other than float32 needs precision = \"int8\"")
+    if not 0.0 <= p.verify.min_agreement <= 1.0:
+        raise BadInput(f"{path}: [verify] min_agreement must be within 0..1, got {p.verify.min_agreement}")
+    if p.verify.num_images < 1:
+        raise BadInput(f"{path}: [verify] num_images must be at least 1")
+    q = p.quantization
+    for key, value, allowed in (
+        ("activation_dtype", q.activation_dtype, ("int8", "uint8")),
+        ("weight_dtype", q.weight_dtype, ("int8", "uint8")),
+        ("calibration_method", q.calibration_method, ("minmax", "entropy", "percentile")),
+        ("preset", q.preset, ("performance", "mixed")),
+    ):
+        if value not in allowed:
+            raise BadInput(f"{path}: [quantization] {key} = {value!r} is not one of: {', '.join(allowed)}")
+
+
+def resolve_target(spec: str) -> TargetProfile:
+    """A built-in target name, or a path to a TOML file (``./my.toml``)."""
+    if spec.endswith(".toml") or "/" in spec or "\\" in spec:
+        return load_profile(spec)
+    names = builtin_names()
+    if spec not in names:
+        close = difflib.get_close_matches(spec, names, n=3, cutoff=0.4)
+        hint = f"did you mean: {', '.join(close)}?" if close else f"built-in targets: {', '.join(names)}"
+        raise BadInput(f"unknown target '{spec}'; {hint} (or pass a path to a .toml profile)")
+    profile = load_profile(builtin_dir() / f"{spec}.toml")
+    if profile.name != spec:
+        raise BadInput(f"{profile.source}: name = {profile.name!r} must match the file name {spec!r}")
+    return profile
+
+
+def resolve_targets(specs: tuple[str, ...] | list[str], *, backends: tuple[Backend, ...] | None = None) -> list[TargetProfile]:
+    """Expand ``all`` and remove duplicates, keeping order."""
+    out: list[TargetProfile] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if spec == "all":
+            profiles = [resolve_target(n) for n in builtin_names()]
+            if backends is not None:
+                profiles = [p for p in profiles if p.backend in backends]
+        else:
+            profiles = [resolve_target(spec)]
+        for p in profiles:
+            if p.name not in seen:
+                seen.add(p.name)
+                out.append(p)
+    if not out:
+        raise BadInput("no target given; use --target NAME (see `xception-edge targets list`)")
+    return out

@@ -1,0 +1,113 @@
+"""Frozen dataclasses and string enums shared by every part of the toolkit."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class Backend(str, enum.Enum):
+    LITERT = "litert"
+    OPENVINO = "openvino"
+    ONNXRUNTIME = "onnxruntime"
+
+
+class Format(str, enum.Enum):
+    TFLITE = "tflite"
+    OPENVINO_IR = "openvino-ir"
+    ONNX = "onnx"
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    DYNAMIC_INT8 = "dynamic-int8"
+    INT8 = "int8"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self is Precision.INT8
+
+
+class DType(str, enum.Enum):
+    FLOAT32 = "float32"
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+BACKEND_FORMATS = {
+    Backend.LITERT: (Format.TFLITE,),
+    Backend.OPENVINO: (Format.OPENVINO_IR,),
+    Backend.ONNXRUNTIME: (Format.ONNX,),
+}
+
+# Which pip extra brings each backend's converter / runtime.
+BACKEND_EXTRA = {Backend.LITERT: "device", Backend.OPENVINO: "convert", Backend.ONNXRUNTIME: "convert"}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """Backend quantization knobs; the generic ones live on TargetProfile."""
+
+    activation_dtype: str = "int8"  # int8 | uint8 (ONNX Runtime QDQ)
+    weight_dtype: str = "int8"
+    reduce_range: bool = False  # 7-bit weights (ONNX Runtime on CPUs without VNNI)
+    calibration_method: str = "minmax"  # minmax | entropy | percentile (ONNX Runtime)
+    preset: str = "performance"  # NNCF: performance | mixed
+    fast_bias_correction: bool = True  # NNCF
+    ignored_scope: tuple[str, ...] = ()  # layer names kept in float
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifySpec:
+    """Post-conversion check against the source model on held-back images."""
+
+    min_agreement: float = 0.9  # top-1 agreement floor; below it the artifact is not written
+    num_images: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class GateSpec:
+    """CI accuracy gates (used by `xception-edge gate`); every entry optional."""
+
+    max_top1_drop_pp: float | None = None
+    min_top1_ratio: float | None = None
+    min_agreement: float | None = None
+    max_size_mb: float | None = None
+    max_p50_latency_ms: float | None = None
+    latency_host: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    description: str
+    backend: Backend
+    format: Format
+    precision: Precision
+    hardware: str = ""
+    input_dtype: DType = DType.FLOAT32
+    output_dtype: DType = DType.FLOAT32
+    per_channel: bool = True
+    calibration_size: int = 300
+    threads: int = 2
+    quantization: QuantSpec = QuantSpec()
+    verify: VerifySpec = VerifySpec()
+    gates: GateSpec = GateSpec()
+    source: str = ""  # the TOML file it came from
+
+    def to_dict(self) -> dict:
+        def conv(v):
+            if isinstance(v, enum.Enum):
+                return v.value
+            if isinstance(v, tuple):
+                return list(v)
+            return v
+
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                v = {k: conv(x) for k, x in dataclasses.asdict(v).items()}
+            out[f.name] = conv(v)
+        return out

@@ -1,0 +1,65 @@
+"""Post-conversion verification: run the artifact with its own runtime on held-back images and
+compare with the source model. A collapsed model is never written as a success.
+
+Agreement counts an image as agreeing when the artifact's top-1 class is the source model's
+top-1, or is tied with it within one step of the artifact's output quantization (an int8
+softmax cannot tell apart probabilities closer than its scale). ``strict_agreement`` is plain
+top-1 equality. A collapsed model also moves the probabilities, so ``max_abs_diff`` shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .runtime.base import Runtime
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    images: int
+    agreement: float  # top-1 agreement with the source model (ties within one output step agree)
+    strict_agreement: float  # plain top-1 equality
+    max_abs_diff: float  # of dequantized output probabilities
+    mean_abs_diff: float
+    floor: float
+    images_from: str
+    reference_max_prob: float  # mean top-1 probability of the source: near 1/classes = untrained
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.agreement >= self.floor)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "passed": self.passed}
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, floor: float, images_from: str, tie_tolerance: float = 0.0) -> VerifyResult:
+    if reference.shape != candidate.shape:
+        raise ValueError(f"output shapes differ: source {reference.shape}, artifact {candidate.shape}")
+    if len(reference) == 0:
+        raise ValueError("no verification images")
+    ref = reference.astype(np.float64)
+    diff = np.abs(ref - candidate.astype(np.float64))
+    ref_top = ref.argmax(-1)
+    cand_top = candidate.argmax(-1)
+    strict = ref_top == cand_top
+    rows = np.arange(len(ref))
+    tied = ref[rows, cand_top] >= ref[rows, ref_top] - tie_tolerance
+    return VerifyResult(
+        images=int(len(ref)),
+        agreement=float(np.mean(strict | tied)),
+        strict_agreement=float(np.mean(strict)),
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        floor=float(floor),
+        images_from=images_from,
+        reference_max_prob=float(ref.max(-1).mean()),
+    )
+
+
+def verify(runtime: Runtime, images: np.ndarray, reference: np.ndarray, floor: float, images_from: str) -> VerifyResult:
+    out = runtime.output_spec
+    tol = out.scale if out.quantized else 0.0
+    return compare(reference, runtime.predict(images), floor, images_from, tie_tolerance=tol)
