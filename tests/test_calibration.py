@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_images
+from xception_edge.calibration import build_calibration, open_source, sample_order, write_list
+from xception_edge.errors import BadInput
+from xception_edge.preprocess import PreprocessSpec
+
+SPEC = PreprocessSpec(71, 71)
+
+
+def test_folder_with_class_subfolders_is_sampled_balanced_and_deterministic(image_folder):
+    src = open_source(image_folder)
+    assert src.classes == ("a", "b", "c") and len(src.files) == 36
+    a = build_calibration(src, SPEC, 12, seed=3)
+    b = build_calibration(src, SPEC, 12, seed=3)
+    c = build_calibration(src, SPEC, 12, seed=4)
+    assert a.files == b.files and a.files != c.files
+    counts = {k: sum(1 for f in a.files if f.parent.name == k) for k in "abc"}
+    assert counts == {"a": 4, "b": 4, "c": 4}
+    assert a.images.shape == (12, 71, 71, 3) and a.images.dtype == np.float32
+    assert len(a.held_back) == 0 and len(set(a.sha256)) == 12
+
+
+def test_list_text_round_trips_and_checks_hashes(image_folder, tmp_path):
+    cal = build_calibration(open_source(image_folder), SPEC, 10, seed=0)
+    listing = tmp_path / "used.txt"
+    listing.write_text(cal.list_text())
+    again = build_calibration(open_source(listing, image_folder), SPEC, 10, seed=0)
+    assert sorted(again.files) == sorted(cal.files)
+    # a file changed after the list was written is caught by its sha256
+    Image.new("RGB", (10, 10), (1, 2, 3)).save(cal.files[0])
+    with pytest.raises(BadInput, match="sha256"):
+        build_calibration(open_source(listing, image_folder), SPEC, 10, seed=0)
+
+
+def test_calibration_make_writes_relative_mlperf_style_list(image_folder, tmp_path):
+    out = tmp_path / "lists" / "cal.txt"
+    n = write_list(open_source(image_folder), 9, 0, out)
+    lines = [l for l in out.read_text().splitlines() if not l.startswith("#")]
+    assert n == 9 and len(lines) == 9 and all(not l.startswith("/") for l in lines)
+    assert {l.split("/")[0] for l in lines} == {"a", "b", "c"}
+    src = open_source(out, image_folder)
+    assert len(src.files) == 9
+
+
+def test_list_file_errors(image_folder, tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("a/a_000.png\na/missing.png\n")
+    with pytest.raises(BadInput, match="missing file"):
+        open_source(lst, image_folder)
+    lst.write_text("../outside.png\n")
+    with pytest.raises(BadInput, match="outside the list's root"):
+        open_source(lst, image_folder)
+    lst.write_text("/etc/passwd\n")
+    with pytest.raises(BadInput, match="outside the list's root"):
+        open_source(lst, image_folder)
+
+
+def test_empty_folder_and_too_few_decodable(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInput, match="holds no images"):
+        open_source(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    write_images(bad, classes=("x",), per_class=4)
+    for i in range(20):
+        (bad / f"junk{i}.jpg").write_bytes(b"" if i % 2 else b"\xff\xd8\xff garbage")
+    with pytest.raises(BadInput, match="only 4 image"):
+        build_calibration(open_source(bad), SPEC, 300, seed=0)
+
+
+def test_undecodable_files_are_skipped_listed_and_replaced(tmp_path, capsys):
+    root = write_images(tmp_path / "imgs", classes=("x",), per_class=15)
+    (root / "x" / "zero.png").write_bytes(b"")
+    (root / "x" / "text.jpg").write_text("hello")
+    cal = build_calibration(open_source(root), SPEC, 15, seed=0)
+    assert len(cal) == 15 and len(cal.skipped) in (0, 1, 2)
+    cal_all = build_calibration(open_source(root), SPEC, 17, seed=0)
+    assert len(cal_all) == 15 and len(cal_all.skipped) == 2
+    err = capsys.readouterr().err
+    assert "zero.png" in err and "text.jpg" in err and "could not be decoded" in err
+
+
+def test_num_must_be_positive(image_folder):
+    with pytest.raises(BadInput, match="at least 1"):
+        build_calibration(open_source(image_folder), SPEC, 0, seed=0)
+
+
+def test_sample_order_without_classes_is_a_permutation(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    for i in range(7):
+        Image.new("RGB", (8, 8), (i, i, i)).save(root / f"{i}.png")
+    src = open_source(root)
+    assert src.classes is None
+    assert sorted(sample_order(src, 1)) == list(range(7))
