@@ -13,17 +13,49 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def write_images(root: Path, classes=("a", "b", "c"), per_class: int = 12, size=(40, 48), seed: int = 0) -> Path:
-    """Class folders of distinguishable PNG images (class k: mean brightness rises with k)."""
+    """Class folders of PNG stripe images; class k has stripes at angle k*180/len(classes)."""
     rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float32)
     for k, name in enumerate(classes):
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
+        angle = np.pi * k / len(classes)
         for i in range(per_class):
-            arr = np.clip(rng.normal(60 + 70 * k, 25, size + (3,)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(d / f"{name}_{i:03d}.png")
+            period = rng.uniform(6, 12)
+            wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period + rng.uniform(0, 6.3)) > 0
+            fg, bg = rng.integers(120, 256, 3), rng.integers(0, 110, 3)
+            arr = np.where(wave[..., None], fg, bg) + rng.normal(0, 12, size + (3,))
+            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(d / f"{name}_{i:03d}.png")
     return root
 
 
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_images(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A compact Xception-family model (71 px, 3 classes) trained for real on class folders of
+    images that differ in brightness. Returns (model_path, train_dir, val_dir)."""
+    import keras
+
+    from xception_edge.demo.model import build_compact_xception
+    from xception_edge.preprocess import PreprocessSpec, load_images, list_images
+
+    root = tmp_path_factory.mktemp("small")
+    train = write_images(root / "train", per_class=40, seed=1)
+    val = write_images(root / "val", per_class=10, seed=2)
+    keras.utils.set_random_seed(0)
+    model = build_compact_xception(input_size=71, num_classes=3, width=4, middle_blocks=1)
+    files = list_images(train)
+    x, failed = load_images(files, PreprocessSpec(71, 71))
+    y = np.array([("a", "b", "c").index(f.parent.name) for f in files])
+    for layer in model.layers:  # few steps: let BatchNorm's moving statistics catch up
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=6, batch_size=8, verbose=0, shuffle=True)
+    path = root / "small.keras"
+    model.save(path)
+    return path, train, val

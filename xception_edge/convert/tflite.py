@@ -85,13 +85,22 @@ def _inspector(path: Path):
 
 
 def op_summary(path: Path) -> dict:
-    """Every op with whether all its tensors are integer; counts per op type."""
+    """Every op with whether it computes in integer; counts per op type.
+
+    A QUANTIZE reading a float model input, or a DEQUANTIZE writing a float model output, is
+    the boundary a profile with float input/output asks for, and counts as integer; any other
+    op touching a float tensor does not.
+    """
     interp = _inspector(path)
     names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    model_inputs = {d["index"] for d in interp.get_input_details()}
+    model_outputs = {d["index"] for d in interp.get_output_details()}
     ops, counts = [], {}
     for op in interp._get_ops_details():
         types = {np.dtype(t).name for t in list(op["operand_types"]) + list(op["result_types"])}
-        integer = types <= _INTEGER_TYPES
+        boundary = (op["op_name"] == "QUANTIZE" and set(op["inputs"]) <= model_inputs) or (
+            op["op_name"] == "DEQUANTIZE" and set(op["outputs"]) <= model_outputs)
+        integer = boundary or types <= _INTEGER_TYPES
         out_name = names.get(op["outputs"][0], "?") if len(op["outputs"]) else "?"
         ops.append({"op": op["op_name"], "tensor": out_name, "integer": integer})
         counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
