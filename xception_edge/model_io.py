@@ -182,10 +182,14 @@ def load_source(spec: str, *, unsafe: bool = False, xception: KerasXceptionOptio
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise BadInput(f"model {path} has an unknown extension '{suffix}'; use .keras, .h5 or a SavedModel folder")
     try:
-        with open(path, "rb"):
-            pass
+        with open(path, "rb") as f:
+            head = f.read(8)
     except OSError as exc:
         raise BadInput(f"model {path} cannot be read: {exc.strerror}") from None
+    if suffix == ".keras" and head[:4] != b"PK\x03\x04":
+        raise BadInput(f"model {path} is not a .keras archive (a zip file); save it with model.save('name.keras')")
+    if suffix != ".keras" and head != b"\x89HDF\r\n\x1a\n":
+        raise BadInput(f"model {path} is not an HDF5 file; save it with model.save('name.h5') or use .keras")
     model = _load_keras_file(path, unsafe)
     return _from_keras(spec, "keras" if suffix == ".keras" else "h5", model, sha256=_hash_path(path))
 
