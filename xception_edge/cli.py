@@ -119,12 +119,13 @@ def _report_conversions(results, json_out) -> None:
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Where the demo data and model are cached (default: $XCEPTION_EDGE_CACHE or ~/.cache/xception-edge).")
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
-def demo(out, cache, json_out):
+@click.option("--tiny", is_flag=True, hidden=True, help="A small, quick demo variant (for tests).")
+def demo(out, cache, json_out, tiny):
     """Build (or reuse) the demo dataset and model, convert it to every built-in target, and
     compare each artifact with the Keras model on held-out demo images."""
     from .demo_run import run_demo
 
-    run_demo(out, cache, json_out)
+    run_demo(out, cache, json_out, tiny=tiny)
 
 
 # ---------------------------------------------------------------- targets

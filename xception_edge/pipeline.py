@@ -67,7 +67,8 @@ class TargetResult:
 
 def _tool_versions() -> dict[str, str]:
     out = {"xception-edge": __version__}
-    for dist in ("numpy", "pillow", "tensorflow", "keras", "ai-edge-litert", "tflite-runtime"):
+    for dist in ("numpy", "pillow", "tensorflow", "keras", "ai-edge-litert", "tflite-runtime", "openvino", "nncf",
+                 "onnx", "onnxruntime", "tf2onnx"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -7,7 +7,11 @@ import importlib
 from ..types import Backend
 from .base import ConvertedModel
 
-_MODULES = {Backend.LITERT: "xception_edge.convert.tflite"}
+_MODULES = {
+    Backend.LITERT: "xception_edge.convert.tflite",
+    Backend.OPENVINO: "xception_edge.convert.openvino",
+    Backend.ONNXRUNTIME: "xception_edge.convert.onnx",
+}
 
 
 def converter_for(backend: Backend):

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+# Sorted, so label index == position in sorted folder names (the Keras directory convention).
 CLASS_NAMES = (
-    "circle", "ring", "crescent", "square", "triangle", "hexagon",
-    "star", "cross", "stripes_h", "stripes_v", "checker", "dots",
+    "checker", "circle", "crescent", "cross", "dots", "hexagon",
+    "ring", "square", "star", "stripes_h", "stripes_v", "triangle",
 )  # fmt: skip
 SPLITS = {"train": 0, "val": 1, "val_hard": 2}
 DATASET_VERSION = 1
@@ -68,15 +69,14 @@ def _rotated(points: list[tuple[float, float]], cx: float, cy: float, r: float, 
 
 
 def _regular(n: int, inner: float | None = None) -> list[tuple[float, float]]:
-    """Unit regular n-gon (or an n-pointed star when inner radius is given)."""
-    if inner is None:
-        return [(math.cos(2 * math.pi * k / n - math.pi / 2), math.sin(2 * math.pi * k / n - math.pi / 2)) for k in range(n)]
-    pts = []
-    for k in range(2 * n):
-        rad = 1.0 if k % 2 == 0 else inner
-        a = math.pi * k / n - math.pi / 2
-        pts.append((rad * math.cos(a), rad * math.sin(a)))
-    return pts
+    """Unit regular n-gon, or an n-pointed star when an inner radius is given."""
+    radii = [1.0] if inner is None else [1.0, inner]
+    m = n * len(radii)
+    return [
+        (radii[k % len(radii)] * math.cos(2 * math.pi * k / m - math.pi / 2),
+         radii[k % len(radii)] * math.sin(2 * math.pi * k / m - math.pi / 2))
+        for k in range(m)
+    ]  # fmt: skip
 
 
 def _shape_mask(name: str, rng: np.random.Generator, size: int, hard: bool) -> np.ndarray:
@@ -173,7 +173,7 @@ def render(name: str, rng: np.random.Generator, image_size: int, *, hard: bool =
 
 
 def _write(arr: np.ndarray, path: Path) -> None:
-    img = Image.fromarray(arr, mode="RGB")
+    img = Image.fromarray(arr)  # HxWx3 uint8 -> RGB
     if path.suffix == ".jpg":
         img.save(path, format="JPEG", quality=_JPEG_QUALITY, subsampling=0)
     else:
@@ -184,7 +184,7 @@ def make_dataset(
     root: Path,
     *,
     seed: int = 0,
-    train_per_class: int = 240,
+    train_per_class: int = 200,
     val_per_class: int = 50,
     image_size: int = 112,
     on_image=None,
@@ -206,11 +206,17 @@ def make_dataset(
                 for i in range(n):
                     rng = np.random.default_rng([seed, SPLITS[split], ci, i])
                     ext = ".jpg" if i % 5 == 4 else ".png"
-                    _write(render(name, rng, image_size, hard=split == "val_hard"), folder / f"{name}_{i}{ext}")
+                    arr = render(name, rng, image_size, hard=split == "val_hard")
+                    _write(arr, folder / f"{name}_{i}{ext}")
                     if on_image is not None:
                         on_image()
-        meta = {"version": DATASET_VERSION, "seed": seed, "image_size": image_size,
-                "per_class": counts, "classes": list(CLASS_NAMES)}  # fmt: skip
+        meta = {
+            "version": DATASET_VERSION,
+            "seed": seed,
+            "image_size": image_size,
+            "per_class": counts,
+            "classes": list(CLASS_NAMES),
+        }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         _swap_in(tmp, root)

@@ -32,14 +32,17 @@ def build_compact_xception(
     mid = 12 * w  # 728 in full Xception
 
     def bn(name):
-        return layers.BatchNormalization(name=name)
+        # momentum 0.9 (Keras default 0.99): moving statistics settle within a short training run
+        return layers.BatchNormalization(momentum=0.9, name=name)
 
     def sep(x, filters, name):
         return layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
 
     def down_block(x, block, f1, f2, first_act=True):
         """Two separable convs + max-pool, with a strided 1x1-conv residual shortcut."""
-        residual = layers.Conv2D(f2, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_residual")(x)
+        residual = layers.Conv2D(
+            f2, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_residual"
+        )(x)
         residual = bn(f"block{block}_residual_bn")(residual)
         if first_act:
             x = layers.Activation("relu", name=f"block{block}_sepconv1_act")(x)

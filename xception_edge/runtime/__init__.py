@@ -11,7 +11,11 @@ from ..artifact import read_manifest
 from ..errors import BadInput
 from .base import Runtime
 
-_MODULES = {"litert": "xception_edge.runtime.litert"}
+_MODULES = {
+    "litert": "xception_edge.runtime.litert",
+    "openvino": "xception_edge.runtime.openvino",
+    "onnxruntime": "xception_edge.runtime.onnxruntime",
+}
 
 
 def open_artifact(folder: str | Path, *, threads: int | None = None, manifest: dict | None = None) -> Runtime:

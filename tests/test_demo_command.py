@@ -1,0 +1,35 @@
+"""`xception-edge demo` end to end on the tiny demo variant: build, convert every target,
+compare with Keras on held-out images."""
+
+import json
+
+from click.testing import CliRunner
+
+from xception_edge.cli import cli
+from xception_edge.demo_run import demo_calibration_list
+from xception_edge.targets import builtin_names
+
+
+def test_demo_command_converts_every_target_and_compares(tmp_path):
+    out = tmp_path / "artifacts"
+    r = CliRunner().invoke(cli, ["demo", "--tiny", "--cache", str(tmp_path / "cache"), "--out", str(out), "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    payload = json.loads(r.stdout)
+    conv = {c["target"]: c for c in payload["conversions"]}
+    assert set(conv) == set(builtin_names()) and all(c["error"] is None for c in conv.values())
+    for split in payload["held_out"]:
+        rows = split["results"]
+        assert split["images"] == 120 and "keras-fp32" in rows
+        assert rows["keras-fp32"]["top1"] > 0.2  # 12 classes: chance is 8%
+        for name in builtin_names():
+            assert 0.0 <= rows[name]["agreement"] <= 1.0 and rows[name]["size_bytes"] > 0
+        assert rows["litert-fp32"]["agreement"] == 1.0
+    assert (out / "arm64-litert-int8" / "manifest.json").is_file()
+
+
+def test_demo_calibration_list_is_committed_and_well_formed():
+    lines = [l for l in demo_calibration_list().read_text().splitlines() if l and not l.startswith("#")]
+    assert len(lines) == 300 and len(set(lines)) == 300
+    classes = {l.split("/")[0] for l in lines}
+    assert len(classes) == 12 and all(sum(l.startswith(c + "/") for l in lines) == 25 for c in classes)
