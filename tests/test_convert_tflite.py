@@ -125,3 +125,58 @@ def test_per_tensor_and_uint8_profile_from_a_user_toml(small_model, tmp_path):
     m = read_manifest(tmp_path / "o" / "pi-uint8")
     assert m["io"]["input"]["dtype"] == "uint8" and m["io"]["output"]["dtype"] == "float32"
     assert m["calibration"]["count"] == 30
+
+
+def test_keras_applications_xception_to_int8(tmp_path, image_folder):
+    """`--model keras:xception` (stock architecture, random weights offline) to full-integer int8."""
+    r = run("convert", "--model", "keras:xception", "--weights", "none", "--input-size", 71, "--num-classes", 3,
+            "--target", "arm64-litert-int8", "--calibration", image_folder, "--num-calibration", 24, "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    m = read_manifest(tmp_path / "o" / "arm64-litert-int8")
+    assert m["source_model"]["kind"] == "keras-applications" and m["conversion"]["all_ops_integer"]
+    assert m["conversion"]["op_counts"]["DEPTHWISE_CONV_2D"] >= 30  # the real 36-layer Xception
+    assert m["verification"]["images"] == 12  # 36 images, 24 used for calibration, 12 held back
+
+
+def test_h5_and_saved_model_inputs(small_model, tmp_path):
+    import keras
+
+    model_path, train, val = small_model
+    model = keras.models.load_model(model_path)
+    model.save(tmp_path / "m.h5")
+    model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
+    for spec, kind in ((tmp_path / "m.h5", "h5"), (tmp_path / "sm", "saved_model")):
+        out = tmp_path / f"out-{kind}"
+        r = run("convert", "--model", spec, "--target", "litert-fp32", "--target", "arm64-litert-int8",
+                "--calibration", train, "--num-calibration", 30, "--verify-data", val, "--out", out)
+        assert r.exit_code == 0, (kind, r.output)
+        m = read_manifest(out / "arm64-litert-int8")
+        assert m["source_model"]["kind"] == kind and m["verification"]["agreement"] >= 0.9
+        assert read_manifest(out / "litert-fp32")["verification"]["max_abs_diff"] < 1e-4
+
+
+def test_console_script_keeps_tensorflow_noise_out(small_model, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model, train, val = small_model
+    exe = Path(sys.executable).with_name("xception-edge")
+    r = subprocess.run([str(exe), "convert", "--model", str(model), "--target", "litert-fp32", "--calibration", str(train),
+                        "--verify-data", str(val), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for noise in ("I0000", "WARNING: All log messages", "oneDNN", "cuda", "absl"):
+        assert noise not in r.stderr, noise
+    assert "[litert-fp32] verify: top-1 agreement" in r.stderr  # our own lines still show
+    assert "litert-fp32" in r.stdout  # the table
+
+
+def test_calibration_make_command(image_folder, tmp_path):
+    out = tmp_path / "cal.txt"
+    r = run("calibration", "make", "--from", image_folder, "--num", 9, "--seed", 1, "--out", out)
+    assert r.exit_code == 0 and "9 images" in r.output
+    again = tmp_path / "again.txt"
+    run("calibration", "make", "--from", image_folder, "--num", 9, "--seed", 1, "--out", again)
+    assert out.read_text() == again.read_text()
+    r = CliRunner().invoke(cli, ["calibration", "make", "--from", str(image_folder), "--num", "0", "--out", str(out)])
+    assert r.exit_code == 2 and "at least 1" in r.output
