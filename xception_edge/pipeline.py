@@ -98,26 +98,28 @@ def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | No
 def _verification_images(
     spec: PreprocessSpec, n: int, seed: int, calib: CalibrationSet | None, calib_src: ImageSource | None, verify_src: ImageSource | None
 ) -> tuple[np.ndarray, str]:
+    """Held-out images for verification: --verify-data, else calibration-source images that were
+    not used for calibration, else (with a warning) the calibration images themselves."""
     if verify_src is not None:
-        order = sample_order(verify_src, seed)
-        paths, origin = [verify_src.files[i] for i in order[:n]], f"{n} images of {verify_src.origin}"
+        paths = [verify_src.files[i] for i in sample_order(verify_src, seed)[:n]]
+        origin = f"images of {verify_src.origin}"
     else:
         used = set(calib.files) if calib is not None else set()
-        order = sample_order(calib_src, seed)
-        paths = [calib_src.files[i] for i in order if calib_src.files[i] not in used][:n]
-        origin = f"{len(paths)} held-back images of {calib_src.origin}"
+        paths = [calib_src.files[i] for i in sample_order(calib_src, seed) if calib_src.files[i] not in used][:n]
+        origin = f"held-back images of {calib_src.origin}"
         if len(paths) < min(n, 8) and calib is not None and len(calib):
             console.warn(
                 f"{calib_src.origin} has no images left after calibration; verifying on calibration images "
                 "(weaker: pass --verify-data DIR with held-out images)"
             )
-            return calib.images[:n], f"{min(n, len(calib))} calibration images of {calib_src.origin}"
+            images = calib.images[:n]
+            return images, f"{len(images)} calibration images of {calib_src.origin}"
     images, failed = load_images(paths, spec)
     if failed:
         console.warn(f"{len(failed)} verification image(s) could not be decoded and were skipped: {'; '.join(failed[:3])}")
     if len(images) == 0:
-        raise BadInput(f"no verification image could be decoded from {origin}; pass --verify-data DIR")
-    return images, f"{len(images)} {origin.split(' ', 1)[1]}"
+        raise BadInput(f"no verification image could be decoded from {origin.split(' of ', 1)[1]}; pass --verify-data DIR")
+    return images, f"{len(images)} {origin}"
 
 
 def run_convert(req: ConvertRequest) -> list[TargetResult]:

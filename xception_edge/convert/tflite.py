@@ -6,6 +6,7 @@ shared calibration iterator (representative dataset), with every op checked to b
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -34,30 +35,27 @@ def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | No
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision is Precision.FP16:
         converter.target_spec.supported_types = [tf.float16]
-    if precision is Precision.INT8:
-        if calib is None or len(calib) == 0:
-            raise ConversionFailed(f"{profile.name}: int8 needs calibration images; pass --calibration DIR")
-        task_cm = console.progress(f"{profile.name}: calibrating on {len(calib)} images", total=len(calib))
-        task = task_cm.__enter__()
-
-        def representative():
-            for batch in calib.batches():
-                task.advance()
-                yield [batch]
-
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = _tf_dtype(tf, profile.input_dtype.value)
-        converter.inference_output_type = _tf_dtype(tf, profile.output_dtype.value)
-        if not profile.per_channel:
-            converter._experimental_disable_per_channel = True
-    try:
-        tflite_bytes = converter.convert()
-    except Exception as exc:
-        raise ConversionFailed(f"{profile.name}: TFLiteConverter failed: {str(exc).splitlines()[0][:300]}") from None
-    finally:
+    with contextlib.ExitStack() as stack:
         if precision is Precision.INT8:
-            task_cm.__exit__(None, None, None)
+            if calib is None or len(calib) == 0:
+                raise ConversionFailed(f"{profile.name}: int8 needs calibration images; pass --calibration DIR")
+            task = stack.enter_context(console.progress(f"{profile.name}: calibrating on {len(calib)} images", total=len(calib)))
+
+            def representative():
+                for batch in calib.batches():
+                    task.advance()
+                    yield [batch]
+
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = _tf_dtype(tf, profile.input_dtype.value)
+            converter.inference_output_type = _tf_dtype(tf, profile.output_dtype.value)
+            if not profile.per_channel:
+                converter._experimental_disable_per_channel = True
+        try:
+            tflite_bytes = converter.convert()
+        except Exception as exc:
+            raise ConversionFailed(f"{profile.name}: TFLiteConverter failed: {str(exc).splitlines()[0][:300]}") from None
     (stage / MODEL_FILE).write_bytes(tflite_bytes)
 
     ops = op_summary(stage / MODEL_FILE)
