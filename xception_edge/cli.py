@@ -128,6 +128,32 @@ def demo(out, cache, json_out, tiny):
     run_demo(out, cache, json_out, tiny=tiny)
 
 
+# ---------------------------------------------------------------- bench
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first (the first is reported apart).")
+@click.option("--threads", type=int, default=None, help="Runtime threads (default: the target profile's).")
+@click.option("--data", type=click.Path(path_type=Path), metavar="DIR",
+              help="Images (class sub-folders named as in labels.txt give top-1/top-5 per class).")
+@click.option("--reference", type=click.Path(path_type=Path), metavar="PRED.json",
+              help="The --json of an fp32 `bench --data` run: top-1 agreement and flipped images.")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def bench(artifact, runs, warmup, threads, data, reference, json_out):
+    """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this device."""
+    from .bench import print_bench, run_bench
+
+    if threads is not None and threads < 1:
+        from .errors import BadInput
+
+        raise BadInput(f"--threads {threads} must be at least 1")
+    result = run_bench(artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference)
+    if json_out:
+        _emit_json(result, json_out)
+    if json_out != "-":
+        print_bench(result)
+
+
 # ---------------------------------------------------------------- targets
 @cli.group()
 def targets():

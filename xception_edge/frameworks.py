@@ -63,3 +63,55 @@ def litert_interpreter():
     if importlib.util.find_spec("tensorflow") is not None:
         return tensorflow().lite.Interpreter
     raise BackendUnavailable("ai-edge-litert (LiteRT)", "device")
+
+
+def onnxruntime(extra: str = "onnxruntime"):
+    """onnxruntime; the runtime side names the 'onnxruntime' extra, the converter 'convert'."""
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError:
+        raise BackendUnavailable("onnxruntime", extra) from None
+
+
+def onnx():
+    try:
+        return importlib.import_module("onnx")
+    except ImportError:
+        raise BackendUnavailable("onnx", "convert") from None
+
+
+def tf2onnx():
+    tensorflow()
+    try:
+        return importlib.import_module("tf2onnx")
+    except ImportError:
+        raise BackendUnavailable("tf2onnx", "convert") from None
+
+
+def ort_quantization():
+    """onnxruntime.quantization (static QDQ quantization; its shape inference needs onnx and sympy)."""
+    onnxruntime("convert")
+    onnx()
+    if importlib.util.find_spec("sympy") is None:
+        raise BackendUnavailable("sympy", "convert")
+    return importlib.import_module("onnxruntime.quantization")
+
+
+def openvino():
+    """openvino (runtime and model conversion); the runtime-only extra is enough for it."""
+    try:
+        return importlib.import_module("openvino")
+    except ImportError:
+        raise BackendUnavailable("openvino", "openvino") from None
+
+
+def nncf():
+    """nncf (OpenVINO post-training int8 quantization), build host only, quiet by default."""
+    openvino()
+    try:
+        mod = importlib.import_module("nncf")
+    except ImportError:
+        raise BackendUnavailable("nncf", "convert") from None
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") != "0":
+        mod.set_log_level(logging.ERROR)
+    return mod

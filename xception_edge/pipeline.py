@@ -26,7 +26,7 @@ from .preprocess import PreprocessSpec, load_images
 from .runtime import open_artifact
 from .targets import resolve_targets
 from .types import Precision, TargetProfile
-from .verify import VerifyResult, verify
+from .verify import VerifyResult, is_undecided, verify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +139,10 @@ def run_convert(req: ConvertRequest) -> list[TargetResult]:
         n_verify = max(p.verify.num_images for p in profiles)
         images, images_from = _verification_images(spec, n_verify, req.seed, calib, calib_src, verify_src)
         reference = src.predict(images)
-        if reference.max(-1).mean() < 2.0 / src.num_classes:
+        if is_undecided(reference):
             console.warn(
                 f"{req.model} predicts near-uniform probabilities (mean top-1 {reference.max(-1).mean():.4f}); "
-                "untrained weights? verification can only check that outputs match, not that top-1 survives"
+                f"untrained weights? top-1 is noise there, so verification checks max |Δp| ≤ 1/{src.num_classes} instead"
             )
 
     results = []
@@ -196,6 +196,11 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, images,
                 runtime = open_artifact(stage, manifest=manifest)
                 result = verify(runtime, images, reference, profile.verify.min_agreement, images_from)
                 _print_verification(profile.name, result)
+                if not result.passed and result.mode == "distribution":
+                    raise VerificationFailed(
+                        f"{profile.name}: output probabilities moved by up to {result.max_abs_diff:.4f} on {result.images} "
+                        f"images (limit {result.max_abs_diff_limit:.4f} for an undecided source model); the artifact was not written"
+                    )
                 if not result.passed:
                     raise VerificationFailed(
                         f"{profile.name}: top-1 agreement with the source model is {result.agreement:.1%} on "
@@ -204,8 +209,8 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, images,
                     )
             manifest["verification"] = result.to_dict() if result else {"skipped": "--no-verify"}
             manifest.pop("files", None)
-            write_manifest(stage, manifest)
-            size = (stage / converted.model_file).stat().st_size
+            files = write_manifest(stage, manifest)["files"]
+            size = sum(e["bytes"] for name, e in files.items() if name not in ("labels.txt", "calibration.txt"))
         return TargetResult(profile.name, profile.backend.value, profile.precision.value, str(final), size, seconds,
                             manifest["verification"])
     except XceptionEdgeError as exc:
@@ -219,6 +224,8 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, images,
 def _print_verification(name: str, r: VerifyResult) -> None:
     mark = "ok" if r.passed else "FAILED"
     strict = f" (strict {r.strict_agreement:.1%})" if r.strict_agreement != r.agreement else ""
+    if r.mode == "distribution":
+        strict += f" [undecided source: gated on max |Δp| ≤ {r.max_abs_diff_limit:.4f}]"
     console.info(
         f"[{name}] verify: top-1 agreement {r.agreement:.1%}{strict} on {r.images} images (floor {r.floor:.0%}), "
         f"max |Δp| {r.max_abs_diff:.4f}, mean |Δp| {r.mean_abs_diff:.5f} — {mark}"

@@ -110,6 +110,11 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
     if p.format not in BACKEND_FORMATS[p.backend]:
         allowed = ", ".join(f.value for f in BACKEND_FORMATS[p.backend])
         raise BadInput(f"{path}: backend {p.backend.value} writes format {allowed}, not {p.format.value}")
+    if p.backend is Backend.OPENVINO:
+        if p.precision is Precision.DYNAMIC_INT8:
+            raise BadInput(f"{path}: OpenVINO targets take precision fp32, fp16 or int8 (NNCF), not dynamic-int8")
+        if p.input_dtype is not DType.FLOAT32 or p.output_dtype is not DType.FLOAT32:
+            raise BadInput(f"{path}: OpenVINO IRs keep float32 input and output (int8 sits inside); remove input_dtype/output_dtype")
     if p.precision is not Precision.INT8 and (p.input_dtype is not DType.FLOAT32 or p.output_dtype is not DType.FLOAT32):
         raise BadInput(f"{path}: input/output dtype other than float32 needs precision = \"int8\"")
     if not 0.0 <= p.verify.min_agreement <= 1.0:
@@ -125,6 +130,15 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
     ):
         if value not in allowed:
             raise BadInput(f"{path}: [quantization] {key} = {value!r} is not one of: {', '.join(allowed)}")
+    if p.backend is Backend.ONNXRUNTIME:
+        if p.precision not in (Precision.FP32, Precision.INT8):
+            raise BadInput(f"{path}: onnxruntime targets support precision \"fp32\" or \"int8\" (QDQ), not {p.precision.value!r}")
+        if p.input_dtype is not DType.FLOAT32 or p.output_dtype is not DType.FLOAT32:
+            raise BadInput(f"{path}: onnxruntime int8 (QDQ) keeps float32 input and output; remove input_dtype/output_dtype")
+        if q.activation_dtype == "int8" and q.weight_dtype == "uint8":
+            raise BadInput(f"{path}: ONNX Runtime has no int8-activation x uint8-weight kernels; set [quantization] weight_dtype = \"int8\"")
+    if q.subset_size is not None and (not isinstance(q.subset_size, int) or q.subset_size < 1):
+        raise BadInput(f"{path}: [quantization] subset_size must be a positive integer (or left out for all images), got {q.subset_size!r}")
 
 
 def resolve_target(spec: str) -> TargetProfile:

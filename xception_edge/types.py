@@ -52,9 +52,11 @@ class QuantSpec:
     activation_dtype: str = "int8"  # int8 | uint8 (ONNX Runtime QDQ)
     weight_dtype: str = "int8"
     reduce_range: bool = False  # 7-bit weights (ONNX Runtime on CPUs without VNNI)
+    x86_without_vnni: bool = False  # ONNX Runtime: refuse int8 weights that can saturate AVX2's 16-bit sums
     calibration_method: str = "minmax"  # minmax | entropy | percentile (ONNX Runtime)
     preset: str = "performance"  # NNCF: performance | mixed
     fast_bias_correction: bool = True  # NNCF
+    subset_size: int | None = None  # NNCF: calibration images used for statistics (None: all of them)
     ignored_scope: tuple[str, ...] = ()  # layer names kept in float
 
 

@@ -5,6 +5,10 @@ Agreement counts an image as agreeing when the artifact's top-1 class is the sou
 top-1, or is tied with it within one step of the artifact's output quantization (an int8
 softmax cannot tell apart probabilities closer than its scale). ``strict_agreement`` is plain
 top-1 equality. A collapsed model also moves the probabilities, so ``max_abs_diff`` shows it.
+
+When the source model itself is undecided (mean top-1 probability near 1 / classes, as with
+random weights: below 1.5 / classes), top-1 is decided by noise and says nothing; the check then gates on the
+probabilities instead: max |Δp| must stay below 1 / classes (mode "distribution").
 """
 
 from __future__ import annotations
@@ -26,13 +30,22 @@ class VerifyResult:
     floor: float
     images_from: str
     reference_max_prob: float  # mean top-1 probability of the source: near 1/classes = untrained
+    mode: str = "top1"  # "top1": gated on agreement; "distribution": undecided source, gated on max |Δp|
+    max_abs_diff_limit: float | None = None
 
     @property
     def passed(self) -> bool:
+        if self.mode == "distribution":
+            return bool(self.max_abs_diff <= self.max_abs_diff_limit)
         return bool(self.agreement >= self.floor)
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
+
+
+def is_undecided(reference: np.ndarray) -> bool:
+    """The source model's mean top-1 probability is near chance (untrained weights)."""
+    return float(reference.max(-1).mean()) < 1.5 / reference.shape[-1]
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, floor: float, images_from: str, tie_tolerance: float = 0.0) -> VerifyResult:
@@ -47,6 +60,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, floor: float, images_f
     strict = ref_top == cand_top
     rows = np.arange(len(ref))
     tied = ref[rows, cand_top] >= ref[rows, ref_top] - tie_tolerance
+    classes = ref.shape[-1]
+    undecided = is_undecided(ref)
     return VerifyResult(
         images=int(len(ref)),
         agreement=float(np.mean(strict | tied)),
@@ -56,6 +71,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, floor: float, images_f
         floor=float(floor),
         images_from=images_from,
         reference_max_prob=float(ref.max(-1).mean()),
+        mode="distribution" if undecided else "top1",
+        max_abs_diff_limit=1.0 / classes if undecided else None,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 import dataclasses
 from pathlib import Path
 
@@ -58,7 +59,8 @@ class Runtime(abc.ABC):
     def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
         self.folder = Path(folder)
         self.manifest = manifest
-        self.threads = int(threads or manifest.get("threads") or 1)
+        # --threads wins; else the profile's count, capped at this machine's cores
+        self.threads = int(threads or min(int(manifest.get("threads") or 1), os.cpu_count() or 1))
         io = manifest["io"]
         self.input_spec = TensorSpec.from_dict(io["input"])
         self.output_spec = TensorSpec.from_dict(io["output"])

@@ -1,0 +1,42 @@
+"""Top-1 / top-5, per class, and agreement/flips between two prediction sets (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def topk_hits(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, probs.shape[-1])
+    top = np.argsort(-probs, axis=-1)[:, :k]
+    return (top == labels[:, None]).any(axis=-1)
+
+
+def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str], *, undecodable: int = 0) -> dict:
+    """Top-1/top-5 overall and per class. Undecodable images stay in the denominator as misses."""
+    total = len(labels) + undecodable
+    top1 = topk_hits(probs, labels, 1)
+    top5 = topk_hits(probs, labels, 5)
+    per_class = {}
+    for i, name in enumerate(class_names):
+        mask = labels == i
+        if mask.any():
+            per_class[name] = {"images": int(mask.sum()), "top1": float(top1[mask].mean()), "top5": float(top5[mask].mean())}
+    return {
+        "images": int(total),
+        "undecodable": int(undecodable),
+        "top1": float(top1.sum() / total) if total else float("nan"),
+        "top5": float(top5.sum() / total) if total else float("nan"),
+        "per_class": per_class,
+    }
+
+
+def agreement(pred: dict[str, str], reference: dict[str, str]) -> dict:
+    """Top-1 agreement between two {image: class} maps over their common images, and the flips."""
+    common = sorted(set(pred) & set(reference))
+    flips = [{"image": k, "reference": reference[k], "prediction": pred[k]} for k in common if pred[k] != reference[k]]
+    return {
+        "images": len(common),
+        "agreement": (1 - len(flips) / len(common)) if common else float("nan"),
+        "flipped": flips,
+        "missing_from_reference": len(set(pred) - set(reference)),
+    }

@@ -1,0 +1,176 @@
+"""`xception-edge bench ARTIFACT_DIR`: latency (and optionally accuracy) of one artifact, on the
+device itself. Imports only numpy, Pillow and the artifact's own runtime (LiteRT for .tflite):
+never TensorFlow, OpenVINO or ONNX Runtime unless the artifact is of that backend."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import console
+from .accuracy import accuracy_report, agreement
+from .artifact import read_manifest
+from .errors import BadInput
+from .hostinfo import cpu_flags, host
+from .latency import peak_rss_mb, summarize, time_invoke
+from .preprocess import PreprocessSpec, UndecodableImage, load_image
+from .runtime import open_artifact
+from .runtime.base import quantize
+
+SCHEMA = "xception-edge/bench"
+SCHEMA_VERSION = 1
+_ARM = {"aarch64", "arm64", "armv8", "armv8l"}
+_X86 = {"x86_64", "amd64", "x86", "i686"}
+
+
+def cpu_mismatch(manifest: dict) -> str | None:
+    """Why latency measured here may not say much about the target's device, if it doesn't."""
+    hw = (manifest.get("hardware") or "any").lower()
+    machine = platform.machine().lower()
+    if hw.startswith(("arm", "aarch")) and machine not in _ARM:
+        return f"target {manifest['target']} is made for {hw} CPUs but this is {machine}: latency here says little about the device"
+    if hw.startswith("x86") and machine not in _X86:
+        return f"target {manifest['target']} is made for x86 CPUs but this is {machine}: latency here says little about the device"
+    if manifest.get("precision") == "int8":
+        built = set((manifest.get("host") or {}).get("int8_flags", []))
+        here = set(cpu_flags())
+        vnni = {"avx512_vnni", "avx_vnni", "amx_int8"}
+        if hw.startswith("x86") and (built & vnni) != (here & vnni):
+            return (f"int8 artifact converted on a CPU with {sorted(built & vnni) or 'no VNNI'}, running on one with "
+                    f"{sorted(here & vnni) or 'no VNNI'}: int8 speed and saturation behaviour differ")
+    return None
+
+
+def _labelled_images(data: Path, labels: list[str]) -> tuple[list[Path], list[int | None], Path]:
+    from .calibration import open_source
+
+    src = open_source(data)
+    if src.classes is None:
+        return list(src.files), [None] * len(src.files), src.root
+    unknown = [c for c in src.classes if c not in labels]
+    if unknown:
+        raise BadInput(
+            f"{data}: class folder(s) {', '.join(unknown[:5])} are not in the artifact's labels.txt "
+            f"({', '.join(labels[:8])}{', …' if len(labels) > 8 else ''}); rename the folders or use the right artifact"
+        )
+    index = {name: i for i, name in enumerate(labels)}
+    return list(src.files), [index[src.classes[c]] for c in src.class_of], src.root
+
+
+def run_bench(folder: Path, *, runs: int = 50, warmup: int = 5, threads: int | None = None, data: Path | None = None,
+              reference: Path | None = None) -> dict:
+    if runs < 1:
+        raise BadInput(f"--runs {runs} must be at least 1")
+    if warmup < 0:
+        raise BadInput(f"--warmup {warmup} must not be negative")
+    manifest = read_manifest(folder)
+    ref_preds = _read_reference(reference) if reference is not None else None
+    labels = list(manifest["labels"])
+    spec = PreprocessSpec.from_dict(manifest["preprocessing"])
+    files: list[Path] = []
+    if data is not None:
+        files, targets, root = _labelled_images(Path(data), labels)
+    warning = cpu_mismatch(manifest)
+    if warning:
+        console.warn(warning)
+
+    t0 = time.perf_counter()
+    rt = open_artifact(folder, threads=threads, manifest=manifest)
+    load_ms = (time.perf_counter() - t0) * 1000
+    if files:
+        x = load_image(files[0], spec)[None]
+    else:  # latency only: a fixed pseudo-image in the model's input range
+        x = np.random.default_rng(0).uniform(-1, 1, (1, spec.height, spec.width, 3)).astype(np.float32)
+    batch = quantize(np.repeat(x, rt.batch_size, axis=0), rt.input_spec)
+    with console.progress(f"Timing {manifest['target']}: {warmup} warm-up + {runs} runs", total=None):
+        first_ms, samples = time_invoke(rt.invoke, batch, runs=runs, warmup=warmup)
+    stats = summarize(samples, warmup=warmup, threads=rt.threads, load_ms=load_ms, first_ms=first_ms)
+
+    result = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "artifact": {"path": str(Path(folder).resolve()), "target": manifest["target"], "backend": manifest["backend"],
+                     "precision": manifest["precision"], "size_bytes": _model_bytes(Path(folder), manifest)},
+        "host": host(),
+        "cpu_warning": warning,
+        "latency": stats.to_dict(),
+    }
+    if files:
+        result.update(_accuracy(rt, files, targets, root, spec, labels, ref_preds))
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
+
+
+def _model_bytes(folder: Path, manifest: dict) -> int:
+    return sum(e["bytes"] for name, e in manifest.get("files", {}).items() if not name.endswith((".txt", ".json")))
+
+
+def _accuracy(rt, files, targets, root: Path, spec, labels, ref_preds) -> dict:
+    probs, kept, failed, pre_ms = [], [], [], []
+    with console.progress(f"Predicting {len(files)} images", total=len(files)) as task:
+        for path, target in zip(files, targets):
+            t0 = time.perf_counter()
+            try:
+                x = load_image(path, spec)
+            except UndecodableImage as exc:
+                failed.append(str(exc))
+                task.advance()
+                continue
+            pre_ms.append((time.perf_counter() - t0) * 1000)
+            probs.append(rt.predict(x[None])[0])
+            kept.append((path, target))
+            task.advance()
+    if failed:
+        console.warn(f"{len(failed)} image(s) could not be decoded; counted as misses: {'; '.join(failed[:3])}")
+    probs_a = np.stack(probs) if probs else np.empty((0, len(labels)), np.float32)
+    predictions = {p.relative_to(root).as_posix(): labels[int(i)] for (p, _), i in zip(kept, probs_a.argmax(-1))}
+    out: dict = {
+        "preprocess_ms": {"p50": float(np.median(pre_ms)) if pre_ms else None, "images": len(pre_ms)},
+        "predictions": predictions,
+        "undecodable": failed,
+    }
+    if all(t is not None for t in targets):
+        y = np.array([t for _, t in kept], dtype=np.int64)
+        out["accuracy"] = accuracy_report(probs_a, y, labels, undecodable=len(failed))
+    if ref_preds is not None:
+        out["reference"] = agreement(predictions, ref_preds)
+    return out
+
+
+def _read_reference(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"--reference {path} cannot be read as JSON: {exc}") from None
+    preds = data.get("predictions") if isinstance(data, dict) else None
+    if not isinstance(preds, dict) or not preds:
+        raise BadInput(f"--reference {path} has no 'predictions'; pass the --json output of `bench --data` on the fp32 artifact")
+    return {str(k): str(v) for k, v in preds.items()}
+
+
+def print_bench(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    lat = result["latency"]
+    a = result["artifact"]
+    t = Table(title=f"{a['target']} ({a['backend']} {a['precision']}, {a['size_bytes'] / 1e6:.2f} MB)")
+    for col in ("p50", "p90", "p99", "mean ± std", "min", "max", "load", "first", "peak RSS"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{lat['p50_ms']:.2f} ms", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}",
+              f"{lat['mean_ms']:.2f} ± {lat['std_ms']:.2f}", f"{lat['min_ms']:.2f}", f"{lat['max_ms']:.2f}",
+              f"{lat['load_ms']:.0f} ms", f"{lat['first_inference_ms']:.1f} ms", f"{result['peak_rss_mb']:.0f} MB")
+    con = Console(width=None if Console().is_terminal else 160)
+    con.print(t)
+    con.print(f"{lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} thread(s), on {result['host']['cpu']}", highlight=False)
+    if "accuracy" in result:
+        acc = result["accuracy"]
+        skipped = f" ({acc['undecodable']} undecodable, counted as misses)" if acc["undecodable"] else ""
+        con.print(f"top-1 {acc['top1']:.2%}  top-5 {acc['top5']:.2%}  on {acc['images']} images{skipped}", highlight=False)
+    if "reference" in result:
+        r = result["reference"]
+        con.print(f"agreement with reference {r['agreement']:.2%} on {r['images']} images; {len(r['flipped'])} flipped", highlight=False)

@@ -1,0 +1,51 @@
+"""OpenVINO runtime: the IR compiled for the CPU plugin, one InferRequest reused for every
+batch. Imports only openvino (no TensorFlow, no NNCF).
+
+The CPU plugin's default inference precision is bf16 on CPUs with AVX512-BF16 or AMX; the
+artifact's manifest says which precision to run (the converter writes f32, so host
+verification measures the model, not bf16 rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import frameworks
+from ..errors import BadInput
+from .base import Runtime
+
+DEVICE = "CPU"
+
+
+class OpenVINORuntime(Runtime):
+    backend = "openvino"
+
+    def _load(self) -> None:
+        ov = frameworks.openvino()
+        model_path = self.folder / self.manifest["model_file"]
+        self.device = DEVICE
+        self.config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": self.threads,
+            "INFERENCE_PRECISION_HINT": (self.manifest.get("conversion") or {}).get("cpu_inference_precision", "f32"),
+        }
+        core = ov.Core()
+        try:
+            model = core.read_model(str(model_path))
+            self.compiled = core.compile_model(model, self.device, self.config)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise BadInput(f"{model_path} cannot be loaded by OpenVINO ({self.device}): {first[:300]}") from None
+        try:
+            hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin really runs
+            self.inference_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        except RuntimeError:
+            self.inference_precision = "device default"
+        self.request = self.compiled.create_infer_request()
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(x)})
+        return self.request.get_output_tensor(0).data.copy()
+
+
+RUNTIME = OpenVINORuntime
