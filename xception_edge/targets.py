@@ -137,6 +137,8 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
             raise BadInput(f"{path}: onnxruntime int8 (QDQ) keeps float32 input and output; remove input_dtype/output_dtype")
         if q.activation_dtype == "int8" and q.weight_dtype == "uint8":
             raise BadInput(f"{path}: ONNX Runtime has no int8-activation x uint8-weight kernels; set [quantization] weight_dtype = \"int8\"")
+    elif q.x86_without_vnni:
+        raise BadInput(f"{path}: [quantization] x86_without_vnni is an onnxruntime setting; remove it for backend {p.backend.value}")
     if q.subset_size is not None and (not isinstance(q.subset_size, int) or q.subset_size < 1):
         raise BadInput(f"{path}: [quantization] subset_size must be a positive integer (or left out for all images), got {q.subset_size!r}")
 

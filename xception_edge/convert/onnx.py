@@ -1,0 +1,260 @@
+"""ONNX converter: Keras model -> ONNX (tf2onnx, once per run) -> fp32, or int8 QDQ with
+ONNX Runtime's static quantization calibrated on the shared calibration iterator.
+
+The input stays NHWC float32 (tf2onnx adds one Transpose inside the graph); int8 QDQ keeps
+float input and output, with QuantizeLinear/DequantizeLinear around every quantized op, which
+ONNX Runtime fuses into QLinearConv/QLinearMatMul when it loads the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .. import console, frameworks
+from ..calibration import CalibrationSet
+from ..errors import BadInput, ConversionFailed
+from ..hostinfo import cpu_flags
+from ..model_io import SourceModel
+from ..runtime.base import TensorSpec
+from ..types import Precision, QuantSpec, TargetProfile
+from .base import ConvertedModel
+
+MODEL_FILE = "model.onnx"
+OPSET = 17
+CALIB_CHUNK = 8  # images whose intermediate tensors are held at once while calibrating (memory bound)
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+_QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+_ELEM = {1: "float32", 2: "uint8", 3: "int8"}
+_COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | None, stage: Path, workdir: Path) -> ConvertedModel:
+    onnx = frameworks.onnx()
+    ort = frameworks.onnxruntime("convert")
+    exported = src.export_onnx(workdir, OPSET)
+    out = stage / MODEL_FILE
+    details: dict = {}
+    if profile.precision is Precision.FP32:
+        shutil.copyfile(exported, out)
+    else:
+        if calib is None or len(calib) == 0:
+            raise ConversionFailed(f"{profile.name}: int8 needs calibration images; pass --calibration DIR")
+        details["quantization"] = quantize_qdq(exported, out, calib, profile.quantization, profile.per_channel, workdir, profile.name)
+    try:
+        onnx.checker.check_model(str(out))
+    except Exception as exc:
+        raise ConversionFailed(f"{profile.name}: the ONNX model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
+    model = onnx.load(str(out))
+    summary = qdq_summary(model)
+    if profile.precision is Precision.INT8:
+        _check_quantized(profile, summary, details["quantization"]["excluded_nodes"])
+        risk = u8s8_overflow_pairs(model)
+        details["quantization"]["u8s8_overflow_pairs"] = risk
+        _check_saturation(profile, risk)
+    inp, outp = io_specs(model)
+    details.update({
+        "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "exporter": _producer(onnx.load(str(exported), load_external_data=False)),
+        "producer": _producer(model),
+        "op_counts": summary["counts"],
+        "layout": "NHWC input (the Transpose to NCHW is inside the graph)",
+    })
+    tf2onnx = frameworks.tf2onnx()
+    tools = {"tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    return ConvertedModel(MODEL_FILE, inp, outp, tools, details)
+
+
+def _producer(model) -> str:
+    return f"{model.producer_name} {model.producer_version}".strip()
+
+
+def _preprocessed(fp32: Path, workdir: Path) -> Path:
+    """quant_pre_process (ORT optimization + symbolic shape inference), once per run."""
+    pre = Path(workdir) / "onnx" / "model.preprocessed.onnx"
+    if not pre.exists():
+        shape_inference = frameworks.ort_quantization().shape_inference
+        tmp = pre.with_suffix(".tmp.onnx")
+        try:
+            shape_inference.quant_pre_process(str(fp32), str(tmp))
+        except Exception as exc:
+            raise ConversionFailed(f"ONNX Runtime quant_pre_process failed: {str(exc).splitlines()[0][:300]}") from None
+        tmp.replace(pre)
+    return pre
+
+
+def _reader(oq, input_name: str, calib: CalibrationSet, task):
+    """The shared calibration iterator as a CalibrationDataReader. quantize_static walks it in
+    chunks of CALIB_CHUNK images (set_range, in order) and merges each chunk's ranges or
+    histograms, so only one chunk's activations are held at once. It needs the length to be a
+    multiple of the chunk: the length is rounded up and the last chunk is simply shorter."""
+
+    class Reader(oq.CalibrationDataReader):
+        def __init__(self):
+            self._batches = calib.batches()
+            self._left = 0
+            self.used = 0
+
+        def __len__(self):
+            return -(-len(calib) // CALIB_CHUNK) * CALIB_CHUNK
+
+        def set_range(self, start_index: int, end_index: int):
+            self._left = end_index - start_index
+
+        def get_next(self):
+            batch = next(self._batches, None) if self._left > 0 else None
+            if batch is None:
+                return None
+            self._left -= 1
+            self.used += 1
+            task.advance()
+            return {input_name: batch}
+
+    return Reader()
+
+
+def quantize_qdq(fp32: Path, out: Path, calib: CalibrationSet, q: QuantSpec, per_channel: bool, workdir: Path, label: str) -> dict:
+    """Static QDQ int8 of ``fp32`` into ``out``. Calibration ranges depend only on the model,
+    the images and the method, so targets of one run that share them calibrate once (cache)."""
+    oq = frameworks.ort_quantization()
+    onnx = frameworks.onnx()
+    pre = _preprocessed(fp32, workdir)
+    model = onnx.load(str(pre))
+    input_name = model.graph.input[0].name
+    excluded = _excluded_nodes(model, q.ignored_scope, label)
+    key = hashlib.sha256(f"{q.calibration_method}|{calib.summary()['list_sha256']}|{len(calib)}".encode()).hexdigest()[:16]
+    cache = Path(workdir) / "onnx" / f"calibration-{q.calibration_method}-{key}.json"
+    cached = cache.exists()
+    with console.progress(f"{label}: calibrating ({q.calibration_method}) on {len(calib)} images", total=len(calib)) as task:
+        if cached:
+            task.advance(len(calib))
+        reader = _reader(oq, input_name, calib, task)
+        try:
+            oq.quantize_static(
+                str(pre), str(out), reader,
+                quant_format=oq.QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=q.reduce_range,
+                activation_type=getattr(oq.QuantType, _QTYPES[q.activation_dtype]),
+                weight_type=getattr(oq.QuantType, _QTYPES[q.weight_dtype]),
+                calibrate_method=getattr(oq.CalibrationMethod, _METHODS[q.calibration_method]),
+                nodes_to_exclude=excluded,
+                extra_options={"CalibStridedMinMax": CALIB_CHUNK},
+                calibration_cache_path=str(cache),
+            )
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise ConversionFailed(f"{label}: ONNX Runtime quantize_static failed: {str(exc).splitlines()[0][:300]}") from None
+    if not cached and reader.used != len(calib):
+        raise ConversionFailed(f"{label}: calibration read {reader.used} of {len(calib)} images")
+    return {
+        "format": "QDQ",
+        "activation_dtype": q.activation_dtype,
+        "weight_dtype": q.weight_dtype,
+        "per_channel": per_channel,
+        "reduce_range": q.reduce_range,
+        "calibration_method": q.calibration_method,
+        "calibration_images": len(calib),
+        "calibration_reused": cached,
+        "excluded_nodes": excluded,
+    }
+
+
+def _excluded_nodes(model, layers: tuple[str, ...], label: str) -> list[str]:
+    """ONNX nodes of the Keras layers in ignored_scope (tf2onnx keeps the layer name in the node
+    name or in its weight's name: `.../block4_sepconv1_1/separable_conv2d/...`)."""
+    out = []
+    for layer in layers:
+        pat = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/")
+        hits = [n.name for n in model.graph.node if pat.search(n.name) or any(pat.search(i) for i in n.input[1:])]
+        if not hits:
+            raise BadInput(f"{label}: [quantization] ignored_scope names layer '{layer}', which is not in the model")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def qdq_summary(model) -> dict:
+    """Op counts, and the Conv/MatMul/Gemm nodes whose input or weight is not dequantized."""
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    float_compute = [
+        n.name for n in model.graph.node
+        if n.op_type in _COMPUTE_OPS and any(producer.get(i) != "DequantizeLinear" for i in n.input[:2])
+    ]
+    counts = Counter(n.op_type for n in model.graph.node)
+    return {"counts": dict(sorted(counts.items())), "float_compute": float_compute}
+
+
+def _check_quantized(profile: TargetProfile, summary: dict, excluded: list[str]) -> None:
+    counts = summary["counts"]
+    if not counts.get("QuantizeLinear") or not counts.get("DequantizeLinear"):
+        raise ConversionFailed(f"{profile.name}: the int8 model has no QuantizeLinear/DequantizeLinear nodes")
+    left = [n for n in summary["float_compute"] if n not in excluded]
+    if left:
+        shown = ", ".join(left[:6]) + (f" and {len(left) - 6} more" if len(left) > 6 else "")
+        raise ConversionFailed(f"{profile.name}: {len(left)} Conv/MatMul node(s) stayed float: {shown}")
+
+
+def u8s8_overflow_pairs(model) -> dict:
+    """How many int8 weight pairs could overflow the 16-bit sums of ONNX Runtime's x86 AVX2 int8
+    kernels (no VNNI). Those kernels (pmaddubsw) add two adjacent-K products u8 x s8 into int16,
+    which saturates when 255 * (w0 + w1) passes 32767 for same-sign weights, i.e. |w0 + w1| >= 129:
+    possible with full-range 8-bit weights, impossible with 7-bit ones (reduce_range). K runs
+    over (kh, kw, cin) for Conv, the weight's K axis for MatMul/Gemm; depthwise Conv has its own int32 kernel."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    dq_src = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    risky = total = 0
+    for n in model.graph.node:
+        if n.op_type not in _COMPUTE_OPS or len(n.input) < 2 or dq_src.get(n.input[1]) not in inits:
+            continue
+        attrs = {a.name: a.i for a in n.attribute}
+        if n.op_type == "Conv" and attrs.get("group", 1) > 1:
+            continue
+        w = numpy_helper.to_array(inits[dq_src[n.input[1]]])
+        if w.dtype != np.int8:
+            continue
+        if n.op_type == "Conv":
+            k_major = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)  # (cout, kh*kw*cin)
+        else:  # MatMul / Gemm weight is (K, N), or (N, K) for Gemm with transB
+            k_major = w if attrs.get("transB", 0) else w.T
+        if k_major.shape[1] % 2:
+            k_major = np.pad(k_major, ((0, 0), (0, 1)))
+        pairs = k_major.astype(np.int32).reshape(k_major.shape[0], -1, 2)
+        pos = np.clip(pairs, 0, None).sum(-1)
+        neg = np.clip(pairs, None, 0).sum(-1)
+        risky += int(((pos >= 129) | (neg <= -129)).sum())
+        total += int(pos.size)
+    return {"pairs": risky, "of": total, "fraction": round(risky / total, 6) if total else 0.0}
+
+
+def _check_saturation(profile: TargetProfile, risk: dict) -> None:
+    """Saturation hides from verification on a host with VNNI (32-bit dot products), so a profile
+    for CPUs without VNNI refuses weights that can saturate; other x86/any-CPU profiles warn."""
+    if not risk["pairs"]:
+        return
+    what = (f"{risk['pairs']} of {risk['of']} int8 weight pairs ({risk['fraction']:.1%}) can saturate the 16-bit sums "
+            "of ONNX Runtime's int8 kernels on x86 CPUs without VNNI (AVX2 only)")
+    fix = "set [quantization] reduce_range = true (7-bit weights cannot saturate)"
+    if profile.quantization.x86_without_vnni:
+        raise ConversionFailed(f"{profile.name}: {what}, which this profile targets; {fix}")
+    if profile.hardware.lower().startswith(("arm", "aarch")):
+        return
+    vnni = {"avx512_vnni", "avx_vnni"} & set(cpu_flags())
+    host = "this host has VNNI, so verification here cannot see it" if vnni else "verification ran those kernels on this host"
+    console.warn(f"{profile.name}: {what}; {host}. For such CPUs {fix}")
+
+
+def io_specs(model) -> tuple[TensorSpec, TensorSpec]:
+    """Input/output specs from the graph; a dynamic dimension is recorded as -1."""
+
+    def spec(v) -> TensorSpec:
+        t = v.type.tensor_type
+        dims = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in t.shape.dim)
+        return TensorSpec(v.name, _ELEM.get(t.elem_type, str(t.elem_type)), dims)
+
+    return spec(model.graph.input[0]), spec(model.graph.output[0])
