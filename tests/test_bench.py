@@ -118,3 +118,36 @@ def test_device_venv_benches_tflite_without_tensorflow(device_venv, artifacts):
     assert p.returncode == 0 and "p50" in p.stdout, p.stderr
     p = subprocess.run([str(exe), "targets", "list"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "arm64-litert-int8" in p.stdout  # profiles ship in the wheel
+
+
+@pytest.fixture(scope="module")
+def ov_ort_artifacts(small_model, tmp_path_factory):
+    model, train, val = small_model
+    out = tmp_path_factory.mktemp("bench-ov-ort") / "out"
+    r = run("convert", "--model", model, "--target", "x86-openvino-int8", "--target", "x86-onnxruntime-int8",
+            "--calibration", train, "--num-calibration", 40, "--verify-data", val, "--out", out)
+    assert r.exit_code == 0, r.output
+    return out, val
+
+
+def test_device_venv_with_openvino_or_onnxruntime_added(ov_ort_artifacts, tmp_path_factory):
+    """pip install 'xception-edge[device,openvino,onnxruntime]': each artifact imports only its runtime."""
+    out, val = ov_ort_artifacts
+    venv = tmp_path_factory.mktemp("device-ov-ort") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[device,openvino,onnxruntime]"], check=True, timeout=900)
+    for target, own in (("x86-openvino-int8", "openvino"), ("x86-onnxruntime-int8", "onnxruntime")):
+        code = textwrap.dedent(f"""
+            import json, sys
+            from click.testing import CliRunner
+            from xception_edge.cli import cli
+            r = CliRunner().invoke(cli, ["bench", {str(out / target)!r}, "--runs", "5", "--data", {str(val)!r}, "--json"])
+            assert r.exit_code == 0, r.output
+            print(json.dumps({{"result": json.loads(r.stdout), "imported": [m for m in {HEAVY!r} if m in sys.modules]}}))
+        """)
+        p = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        report = json.loads(p.stdout.strip().splitlines()[-1])
+        assert report["imported"] == [own], (target, report["imported"])
+        assert report["result"]["accuracy"]["top1"] >= 0.9
