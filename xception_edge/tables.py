@@ -24,6 +24,8 @@ def conversion_table(results, title: str = "Conversions") -> None:
     for r in results:
         v = r.verification or {}
         agree = f"{v['agreement']:.1%} of {v['images']}" if "agreement" in v else "not verified"
+        if v.get("mode") == "distribution":  # undecided (untrained) source: top-1 is noise, gated on |Δp|
+            agree = f"n/a, |Δp| gate ({v['images']})"
         diff = f"{v['max_abs_diff']:.4f}" if "max_abs_diff" in v else "—"
         status = "ok" if r.ok else "FAILED"
         t.add_row(r.target, r.backend, r.precision, _mb(r.size_bytes), agree, diff, f"{r.seconds:.1f}s", status)

@@ -8,7 +8,8 @@ top-1 equality. A collapsed model also moves the probabilities, so ``max_abs_dif
 
 When the source model itself is undecided (mean top-1 probability near 1 / classes, as with
 random weights: below 1.5 / classes), top-1 is decided by noise and says nothing; the check then gates on the
-probabilities instead: max |Δp| must stay below 1 / classes (mode "distribution").
+probabilities instead: max |Δp| must stay within max(1 / classes, 0.01) (mode "distribution"),
+which an int8 output (step 1/256) can keep and a collapse onto a few classes cannot.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, floor: float, images_f
         images_from=images_from,
         reference_max_prob=float(ref.max(-1).mean()),
         mode="distribution" if undecided else "top1",
-        max_abs_diff_limit=1.0 / classes if undecided else None,
+        max_abs_diff_limit=max(1.0 / classes, 0.01) if undecided else None,
     )
 
 
