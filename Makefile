@@ -26,3 +26,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-artifacts .pytest_cache
+
+# The performance benchmark (not a test): full-size Xception, every target, ~20 minutes.
+bench: $(STAMP)
+	$(BIN)/python bench/run_matrix.py
