@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo-artifacts .pytest_cache
+	rm -rf $(VENV) demo-artifacts demo-artifacts-report .pytest_cache
 
 # The performance benchmark (not a test): full-size Xception, every target, ~20 minutes.
 bench: $(STAMP)

@@ -18,13 +18,15 @@ def test_demo_command_converts_every_target_and_compares(tmp_path):
     payload = json.loads(r.stdout)
     conv = {c["target"]: c for c in payload["conversions"]}
     assert set(conv) == set(builtin_names()) and all(c["error"] is None for c in conv.values())
-    for split in payload["held_out"]:
-        rows = split["results"]
-        assert split["images"] == 120 and "keras-fp32" in rows
-        assert rows["keras-fp32"]["top1"] > 0.2  # 12 classes: chance is 8%
+    assert set(payload["evaluations"]) == {"val", "val_hard"}
+    for split, report in payload["evaluations"].items():
+        rows = {r["name"]: r for r in report["artifacts"]}
+        assert report["data"]["images"] == 120 and set(rows) == set(builtin_names())
+        assert report["reference"]["top1"] > 0.2  # 12 classes: chance is 8%
         for name in builtin_names():
             assert 0.0 <= rows[name]["agreement"] <= 1.0 and rows[name]["size_bytes"] > 0
         assert rows["litert-fp32"]["agreement"] == 1.0
+        assert (tmp_path / "artifacts-report" / split / "report.html").is_file()
     assert (out / "arm64-litert-int8" / "manifest.json").is_file()
 
 

@@ -11,16 +11,21 @@ def topk_hits(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=-1)
 
 
-def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str], *, undecodable: int = 0) -> dict:
-    """Top-1/top-5 overall and per class. Undecodable images stay in the denominator as misses."""
+def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str], *, undecodable: int = 0,
+                    undecodable_labels=None) -> dict:
+    """Top-1/top-5 overall and per class. Undecodable images stay in the denominator as misses;
+    given their labels (``undecodable_labels``), in their class's denominator too."""
+    missed = np.asarray(undecodable_labels if undecodable_labels is not None else [], dtype=np.int64)
+    undecodable = max(undecodable, len(missed))
     total = len(labels) + undecodable
     top1 = topk_hits(probs, labels, 1)
     top5 = topk_hits(probs, labels, 5)
     per_class = {}
     for i, name in enumerate(class_names):
         mask = labels == i
-        if mask.any():
-            per_class[name] = {"images": int(mask.sum()), "top1": float(top1[mask].mean()), "top5": float(top5[mask].mean())}
+        n = int(mask.sum() + (missed == i).sum())
+        if n:
+            per_class[name] = {"images": n, "top1": float(top1[mask].sum() / n), "top5": float(top5[mask].sum() / n)}
     return {
         "images": int(total),
         "undecodable": int(undecodable),

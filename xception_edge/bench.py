@@ -14,6 +14,7 @@ import numpy as np
 from . import console
 from .accuracy import accuracy_report, agreement
 from .artifact import read_manifest
+from .dataset import labelled_images
 from .errors import BadInput
 from .hostinfo import cpu_flags, host
 from .latency import peak_rss_mb, summarize, time_invoke
@@ -45,22 +46,6 @@ def cpu_mismatch(manifest: dict) -> str | None:
     return None
 
 
-def _labelled_images(data: Path, labels: list[str]) -> tuple[list[Path], list[int | None], Path]:
-    from .calibration import open_source
-
-    src = open_source(data)
-    if src.classes is None:
-        return list(src.files), [None] * len(src.files), src.root
-    unknown = [c for c in src.classes if c not in labels]
-    if unknown:
-        raise BadInput(
-            f"{data}: class folder(s) {', '.join(unknown[:5])} are not in the artifact's labels.txt "
-            f"({', '.join(labels[:8])}{', …' if len(labels) > 8 else ''}); rename the folders or use the right artifact"
-        )
-    index = {name: i for i, name in enumerate(labels)}
-    return list(src.files), [index[src.classes[c]] for c in src.class_of], src.root
-
-
 def run_bench(folder: Path, *, runs: int = 50, warmup: int = 5, threads: int | None = None, data: Path | None = None,
               reference: Path | None = None) -> dict:
     if runs < 1:
@@ -73,7 +58,8 @@ def run_bench(folder: Path, *, runs: int = 50, warmup: int = 5, threads: int | N
     spec = PreprocessSpec.from_dict(manifest["preprocessing"])
     files: list[Path] = []
     if data is not None:
-        files, targets, root = _labelled_images(Path(data), labels)
+        images = labelled_images(data, labels)
+        files, targets, root = list(images.files), list(images.targets), images.root
     warning = cpu_mismatch(manifest)
     if warning:
         console.warn(warning)
@@ -85,16 +71,13 @@ def run_bench(folder: Path, *, runs: int = 50, warmup: int = 5, threads: int | N
         x = load_image(files[0], spec)[None]
     else:  # latency only: a fixed pseudo-image in the model's input range
         x = np.random.default_rng(0).uniform(-1, 1, (1, spec.height, spec.width, 3)).astype(np.float32)
-    batch = quantize(np.repeat(x, rt.batch_size, axis=0), rt.input_spec)
-    with console.progress(f"Timing {manifest['target']}: {warmup} warm-up + {runs} runs", total=None):
-        first_ms, samples = time_invoke(rt.invoke, batch, runs=runs, warmup=warmup)
-    stats = summarize(samples, warmup=warmup, threads=rt.threads, load_ms=load_ms, first_ms=first_ms)
+    stats = measure_latency(rt, x, runs=runs, warmup=warmup, load_ms=load_ms, what=manifest["target"])
 
     result = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "artifact": {"path": str(Path(folder).resolve()), "target": manifest["target"], "backend": manifest["backend"],
-                     "precision": manifest["precision"], "size_bytes": _model_bytes(Path(folder), manifest)},
+                     "precision": manifest["precision"], "size_bytes": model_bytes(manifest)},
         "host": host(),
         "cpu_warning": warning,
         "latency": stats.to_dict(),
@@ -105,7 +88,17 @@ def run_bench(folder: Path, *, runs: int = 50, warmup: int = 5, threads: int | N
     return result
 
 
-def _model_bytes(folder: Path, manifest: dict) -> int:
+def measure_latency(rt, x: np.ndarray, *, runs: int, warmup: int, load_ms: float, what: str):
+    """LatencyStats of rt.invoke on one preprocessed float image x (1, H, W, 3), in the artifact's
+    input dtype and batch: the one latency measurement of `bench` and `evaluate`."""
+    batch = quantize(np.repeat(x, rt.batch_size, axis=0), rt.input_spec)
+    with console.progress(f"Timing {what}: {warmup} warm-up + {runs} runs", total=None):
+        first_ms, samples = time_invoke(rt.invoke, batch, runs=runs, warmup=warmup)
+    return summarize(samples, warmup=warmup, threads=rt.threads, load_ms=load_ms, first_ms=first_ms)
+
+
+def model_bytes(manifest: dict) -> int:
+    """Size of the artifact's model file(s): every listed file but labels/calibration/JSON."""
     return sum(e["bytes"] for name, e in manifest.get("files", {}).items() if not name.endswith((".txt", ".json")))
 
 

@@ -118,14 +118,16 @@ def _report_conversions(results, json_out) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-artifacts"), show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Where the demo data and model are cached (default: $XCEPTION_EDGE_CACHE or ~/.cache/xception-edge).")
+@click.option("--report", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Where the evaluation reports go: DIR/val/ and DIR/val_hard/ (default: OUT-report).")
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 @click.option("--tiny", is_flag=True, hidden=True, help="A small, quick demo variant (for tests).")
-def demo(out, cache, json_out, tiny):
+def demo(out, cache, report, json_out, tiny):
     """Build (or reuse) the demo dataset and model, convert it to every built-in target, and
-    compare each artifact with the Keras model on held-out demo images."""
+    evaluate each artifact against the Keras model on the held-out demo splits (val, val_hard)."""
     from .demo_run import run_demo
 
-    run_demo(out, cache, json_out, tiny=tiny)
+    run_demo(out, cache, json_out, tiny=tiny, report=report)
 
 
 # ---------------------------------------------------------------- bench
@@ -152,6 +154,38 @@ def bench(artifact, runs, warmup, threads, data, reference, json_out):
         _emit_json(result, json_out)
     if json_out != "-":
         print_bench(result)
+
+
+# ---------------------------------------------------------------- evaluate
+@cli.command()
+@click.option("--model", "model", required=True, metavar="M",
+              help="The Keras model the artifacts were converted from (.keras, .h5, SavedModel folder, keras:xception).")
+@click.option("--artifacts", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="The --out folder of convert (every sub-folder with a manifest.json), or one artifact folder.")
+@click.option("--data", required=True, type=click.Path(path_type=Path), metavar="DIR|LIST",
+              help="Labelled images: class sub-folders named as in labels.txt, or a list file of 'relative/path label' lines.")
+@click.option("--report", type=click.Path(path_type=Path), default=Path("report"), show_default=True, metavar="OUT",
+              help="Folder for report.json, report.md, report.html and the per-artifact results.")
+@click.option("--resume", is_flag=True, help="Reuse the results an earlier (interrupted) run stored in OUT/results/.")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed latency runs per model.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
+@click.option("--decode-threads", type=int, default=2, show_default=True,
+              help="Background threads decoding images while the models run (0: decode first, then infer).")
+@click.option("--unsafe-model", is_flag=True, help="Load a .keras file with Keras safe mode off (Lambda layers).")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, json_out):
+    """Compare the Keras fp32 model and every artifact on the same labelled images: top-1/top-5,
+    drop vs fp32, agreement, flips per class, latency, size; writes OUT/report.{json,md,html}."""
+    from .evaluate import EvaluateRequest, run_evaluate
+    from .report import print_report
+
+    result = run_evaluate(EvaluateRequest(model=model, artifacts=artifacts, data=data, report=report, resume=resume,
+                                          runs=runs, warmup=warmup, decode_threads=decode_threads,
+                                          unsafe_model=unsafe_model))
+    if json_out:
+        _emit_json(result, json_out)
+    if json_out != "-":
+        print_report(result)
 
 
 # ---------------------------------------------------------------- targets

@@ -1,0 +1,146 @@
+"""The evaluation report: report.json (schema in docs/report-schema.md), report.md (tables for a
+terminal or a pull request), report.html (self-contained, with plots), and the terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .artifact import atomic_write_text
+
+
+def rows(report: dict) -> list[dict]:
+    """The Keras fp32 row, then one per artifact."""
+    return [report["reference"], *report["artifacts"]]
+
+
+def fmt_mb(n: int | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def fmt_pp(x: float | None) -> str:
+    return "—" if x is None else f"{x:+.2f}"
+
+
+def fmt_ratio(r: dict) -> str:
+    if r.get("ratio") is None:
+        return "—"
+    return f"{100 * r['ratio']:.2f}%" + ("" if r["meets_mlperf_99"] else " ✗")
+
+
+def summary_cells(r: dict) -> list[str]:
+    lat = r["latency"]
+    return [
+        r["name"], r["backend"], r["precision"], fmt_mb(r["size_bytes"]), fmt_pct(r["top1"]), fmt_pp(r["drop_pp"]),
+        fmt_ratio(r), fmt_pct(r["top5"]), fmt_pct(r["agreement"]), str(r["flipped"]),
+        f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}",
+    ]
+
+
+SUMMARY_COLUMNS = ["model", "backend", "precision", "size", "top-1", "Δ top-1 (pp)", "of fp32", "top-5", "agreement",
+                   "flips", "p50 ms", "p90 ms"]
+
+
+def notes(report: dict) -> list[str]:
+    out = []
+    for r in report["artifacts"]:
+        if r.get("cpu_warning"):
+            out.append(f"{r['name']}: {r['cpu_warning']}")
+        if not r.get("same_source_model", True):
+            out.append(f"{r['name']}: converted from another model than --model; its agreement says little")
+    reused = [r["name"] for r in rows(report) if r.get("reused")]
+    if reused:
+        out.append(f"reused from an earlier run (--resume): {', '.join(reused)}")
+    return out
+
+
+def timing_sentence(report: dict) -> str:
+    t, d, workers = report["timing"], report["data"], report["settings"]["decode_threads"]
+    how = f"in {workers} background thread(s) while" if workers else "in the main thread, before"
+    return (f"Decoding {d['images']} images once for every model cost {t['decode_cpu_seconds']:.2f} s of CPU, {how} the "
+            f"Keras pass ran ({t['keras_predict_seconds']:.2f} s in predict): {t['first_pass_wall_seconds']:.2f} s wall, "
+            f"against {t['serial_estimate_seconds']:.2f} s for decoding then predicting. Model load "
+            f"{t['model_load_seconds']:.2f} s; everything {t['total_seconds']:.1f} s.")
+
+
+def markdown(report: dict) -> str:
+    d, h, s = report["data"], report["host"], report["settings"]
+    lines = [
+        f"# xception-edge evaluation: {Path(d['source']).name}",
+        "",
+        f"{d['images']} images from `{d['source']}` ({d['decoded']} decoded, {len(d['undecodable'])} undecodable, "
+        f"counted as misses); model `{report['model']['spec']}`; host {h['cpu']} ({h['machine']}, {h['cpu_count']} cores, "
+        f"int8 flags: {', '.join(h['int8_flags']) or 'none'}); latency: {s['runs']} runs after {s['warmup']} warm-up, batch 1.",
+        "",
+        "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(SUMMARY_COLUMNS) - 3)) + " |",
+    ]
+    lines += ["| " + " | ".join(summary_cells(r)) + " |" for r in rows(report)]
+    lines += ["", f"*of fp32*: top-1 as a share of Keras fp32 top-1 (✗: below MLPerf's {100 * s['mlperf_ratio']:.0f}%). "
+              "*agreement*: share of images whose top-1 equals Keras's; *flips*: images where it differs.", ""]
+    for n in notes(report):
+        lines.append(f"- {n}")
+    lines += ["", "## Per-class top-1 (Δ vs Keras fp32, percentage points)", ""]
+    classes = list(report["reference"]["per_class"])
+    names = [r["name"] for r in report["artifacts"]]
+    lines.append("| class | images | keras-fp32 | " + " | ".join(names) + " |")
+    lines.append("| --- | ---: | ---: | " + " | ".join(["---:"] * len(names)) + " |")
+    for c in classes:
+        ref = report["reference"]["per_class"][c]
+        cells = [f"{r['per_class'][c]['drop_pp']:+.1f}" if c in r["per_class"] else "—" for r in report["artifacts"]]
+        lines.append(f"| {c} | {ref['images']} | {100 * ref['top1']:.1f}% | " + " | ".join(cells) + " |")
+    flipped = [(r["name"], c, f) for r in report["artifacts"] for c, fs in r["flips_per_class"].items() for f in fs]
+    lines += ["", "## Flipped images (top-1 differs from Keras fp32)", ""]
+    if not flipped:
+        lines.append("None.")
+    else:
+        lines += ["| artifact | class | image | Keras | artifact |", "| --- | --- | --- | --- | --- |"]
+        shown = flipped[:200]
+        lines += [f"| {n} | {c} | `{f['image']}` | {f['keras']} | {f['artifact']} |" for n, c, f in shown]
+        if len(flipped) > len(shown):
+            lines.append(f"\n… and {len(flipped) - len(shown)} more in report.json.")
+    if d["undecodable"]:
+        lines += ["", "## Undecodable images (counted as misses)", ""]
+        lines += [f"- `{u['image']}` ({u['label']}): {u['error']}" for u in d["undecodable"]]
+    t = report["timing"]
+    if "first_pass_wall_seconds" in t:
+        lines += ["", "## Timing", "", timing_sentence(report)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, folder: Path) -> dict[str, Path]:
+    """report.json, report.md and report.html, each written atomically."""
+    from .report_html import html
+
+    folder = Path(folder)
+    paths = {"json": folder / "report.json", "markdown": folder / "report.md", "html": folder / "report.html"}
+    atomic_write_text(paths["html"], html(report))
+    atomic_write_text(paths["markdown"], markdown(report))
+    atomic_write_text(paths["json"], json.dumps({**report, "files": {k: str(v) for k, v in paths.items()}}, indent=1) + "\n")
+    for p in paths.values():
+        p.chmod(0o644)  # a report is for reading (and serving); the temporary file was private
+    return paths
+
+
+def print_report(report: dict) -> None:
+    from rich.table import Table
+
+    from .tables import Console
+
+    d = report["data"]
+    t = Table(title=f"Evaluation on {d['images']} images of {d['source']}")
+    for i, col in enumerate(SUMMARY_COLUMNS):
+        t.add_column(col, justify="left" if i < 3 else "right")
+    for r in rows(report):
+        t.add_row(*summary_cells(r))
+    con = Console()
+    con.print(t)
+    for n in notes(report):
+        con.print(f"  • {n}", highlight=False)
+    if d["undecodable"]:
+        con.print(f"  • {len(d['undecodable'])} undecodable image(s), counted as misses", highlight=False)
+    con.print(f"report: {report['files']['html']} (also report.md, report.json)", highlight=False)
