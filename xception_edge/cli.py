@@ -188,6 +188,39 @@ def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_thread
         print_report(result)
 
 
+# ---------------------------------------------------------------- gate
+@cli.command()
+@click.argument("report", type=click.Path(path_type=Path))
+@click.option("--gates", "gates_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="TOML overriding the profiles' [gates] per target: [TARGET] max_top1_drop_pp = 1.5")
+@click.option("--junit", type=click.Path(path_type=Path), metavar="OUT.xml", help="Write JUnit XML (one test case per target and gate).")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def gate(report, gates_file, junit, json_out):
+    """Check REPORT.json (from `evaluate`) against each target's accuracy gates.
+    Exit 0: all pass; 1: a gate fails; 2: bad input."""
+    import dataclasses
+
+    from .artifact import atomic_write_text
+    from .gates import describe, evaluate_gates, junit_xml, load_gates_file, load_report
+
+    data = load_report(report)
+    overrides = load_gates_file(gates_file) if gates_file is not None else {}
+    results = evaluate_gates(data, overrides)
+    if junit is not None:
+        atomic_write_text(junit, junit_xml(results))
+    if json_out:
+        _emit_json({"passed": all(r.passed for r in results), "results": [dataclasses.asdict(r) for r in results]}, json_out)
+    if json_out != "-":
+        from .tables import gate_table
+
+        gate_table(results)
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        console.error(f"gate failed: {describe(r)}")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
 # ---------------------------------------------------------------- targets
 @cli.group()
 def targets():

@@ -43,3 +43,15 @@ def targets_table(profiles) -> None:
         t.add_row(p.name, p.backend.value, p.precision.value, f"{p.input_dtype.value}/{p.output_dtype.value}",
                   p.hardware, p.description)
     Console().print(t)
+
+
+def gate_table(results) -> None:
+    t = Table(title="Accuracy gates")
+    for col in ("target", "gate", "value", "limit", "result"):
+        t.add_column(col, justify="right" if col in ("value", "limit") else "left")
+    for r in results:
+        value = "—" if r.value is None else f"{r.value + 0.0:.4g}"
+        limit = "—" if r.limit is None else f"{r.limit:.4g}"
+        result = ("pass" if r.passed else "[red]FAIL[/red]") + (f" ({r.note})" if r.note else "")
+        t.add_row(r.target, r.gate, value, limit, result)
+    Console().print(t)
