@@ -74,15 +74,27 @@ def open_source(path: str | Path, root: str | Path | None = None) -> ImageSource
     return _open_list(path, Path(root) if root is not None else path.parent)
 
 
-def _open_list(list_file: Path, root: Path) -> ImageSource:
+@dataclasses.dataclass(frozen=True)
+class ListEntry:
+    lineno: int
+    rel: str
+    path: Path  # resolved, inside the root
+    sha256: str | None  # from a "<sha256>  path" line (calibration.txt)
+    label: str | None  # from a "path label" line
+
+
+def read_list(list_file: Path, root: Path, *, root_hint: str) -> list[ListEntry]:
+    """The one list-file reader. A line is a path relative to ``root``, optionally preceded by
+    its sha256 (as calibration.txt writes) or followed by a label (``path label``); ``#``
+    comments and blank lines are skipped. Paths outside the root and missing files are errors."""
     try:
         lines = list_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"list file {list_file} cannot be read as text: {exc}") from None
     root_abs = root.resolve()
     if not root_abs.is_dir():
-        raise BadInput(f"list root {root} is not a folder; pass --calibration-root DIR")
-    files, hashes, missing = [], [], []
+        raise BadInput(f"list root {root} is not a folder; {root_hint}")
+    entries, missing = [], []
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -91,22 +103,30 @@ def _open_list(list_file: Path, root: Path) -> ImageSource:
         m = _HASHED_LINE.match(line)
         if m:
             expected, line = m.group(1).lower(), m.group(2).strip()
-        rel = Path(line)
-        if rel.is_absolute() or not (root_abs / rel).resolve().is_relative_to(root_abs):
-            raise BadInput(f"{list_file}:{lineno}: path '{line}' is outside the list's root {root}; use paths relative to it")
+        rel, label = line, None
+        if not (root_abs / line).is_file() and len(line.rsplit(None, 1)) == 2:
+            rel, label = line.rsplit(None, 1)
         full = (root_abs / rel).resolve()
+        if Path(rel).is_absolute() or not full.is_relative_to(root_abs):
+            raise BadInput(f"{list_file}:{lineno}: path '{rel}' is outside the list's root {root}; use paths relative to it")
         if not full.is_file():
             missing.append(line)
             continue
-        files.append(full)
-        hashes.append(expected)
+        entries.append(ListEntry(lineno, rel, full, expected, label))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise BadInput(f"{list_file} names {len(missing)} missing file(s) under {root}: {shown}; fix the list or pass --calibration-root")
-    if not files:
+        raise BadInput(f"{list_file} names {len(missing)} missing file(s) under {root}: {shown}; fix the list or {root_hint}")
+    return entries
+
+
+def _open_list(list_file: Path, root: Path) -> ImageSource:
+    entries = read_list(list_file, root, root_hint="pass --calibration-root")
+    if not entries:
         raise BadInput(f"list file {list_file} names no images")
+    files = [e.path for e in entries]
+    root_abs = root.resolve()
     classes, class_of = _classes_from_folder(root_abs, files)
-    return ImageSource(root_abs, tuple(files), classes, tuple(class_of), str(list_file), tuple(hashes))
+    return ImageSource(root_abs, tuple(files), classes, tuple(class_of), str(list_file), tuple(e.sha256 for e in entries))
 
 
 def sample_order(source: ImageSource, seed: int) -> list[int]:

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from pathlib import Path
 
 from .errors import BadInput
 from .preprocess import IMAGE_SUFFIXES
 
-_HASHED_LINE = re.compile(r"^[0-9a-fA-F]{64}\s+(.+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,48 +89,24 @@ def _from_folder(data: Path, labels: list[str]) -> LabelledImages:
 
 
 def _from_list(list_file: Path, labels: list[str]) -> LabelledImages:
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"list file {list_file} cannot be read as text: {exc}") from None
+    from .calibration import read_list
+
     root = list_file.parent.resolve()
     index = {name: i for i, name in enumerate(labels)}
-    files, targets, unknown, missing = [], [], [], []
-    for lineno, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        hashed = _HASHED_LINE.match(line)  # a calibration.txt line: "<sha256>  path"
-        if hashed:
-            line = hashed.group(1).strip()
-        if (root / line).is_file():  # a path alone (possibly with spaces): unlabelled
-            rel, label = line, None
-        else:
-            parts = line.rsplit(None, 1)
-            if len(parts) < 2:
-                missing.append(line)
-                continue
-            rel, label = parts
-        full = (root / rel).resolve()
-        if Path(rel).is_absolute() or not full.is_relative_to(root):
-            raise BadInput(f"{list_file}:{lineno}: path '{rel}' is outside the list's folder {root}; use paths relative to it")
-        if not full.is_file():
-            missing.append(rel)
-            continue
-        if full.suffix.lower() not in IMAGE_SUFFIXES:
-            raise BadInput(f"{list_file}:{lineno}: '{rel}' is not an image ({', '.join(IMAGE_SUFFIXES)})")
+    files, targets, unknown = [], [], []
+    for e in read_list(list_file, root, root_hint="use paths relative to the list file's folder"):
+        if e.path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise BadInput(f"{list_file}:{e.lineno}: '{e.rel}' is not an image ({', '.join(IMAGE_SUFFIXES)})")
         target = None
-        if label is not None:
-            if label in index:
-                target = index[label]
-            elif label.isdigit() and int(label) < len(labels):
-                target = int(label)
+        if e.label is not None:
+            if e.label in index:
+                target = index[e.label]
+            elif e.label.isdigit() and int(e.label) < len(labels):
+                target = int(e.label)
             else:
-                unknown.append(label)
-        files.append(full)
+                unknown.append(e.label)
+        files.append(e.path)
         targets.append(target)
-    if missing:
-        raise BadInput(f"{list_file} names {len(missing)} missing file(s) under {root}: {_names(missing, 3)}; fix the list")
     if unknown:
         raise BadInput(
             f"{list_file}: label(s) {_names(sorted(set(unknown)), 5)} are not in the artifact's labels.txt "

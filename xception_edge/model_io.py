@@ -107,15 +107,13 @@ def _saved_model_to_onnx(loaded, path: Path, opset: int) -> None:
 
 
 def _hash_path(path: Path) -> str:
-    if path.is_file():
-        from .calibration import sha256_file
+    from .calibration import sha256_file
 
+    if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
     for p in sorted(path.rglob("*")):
         if p.is_file():
-            from .calibration import sha256_file
-
             h.update(p.relative_to(path).as_posix().encode() + b"\0" + sha256_file(p).encode())
     return h.hexdigest()
 
