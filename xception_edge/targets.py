@@ -73,8 +73,20 @@ def load_profile(path: str | Path) -> TargetProfile:
         raise BadInput(f"target file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"target file {path} is not valid TOML: {exc}") from None
+    return _from_data(data, path, str(path))
+
+
+def profile_from_dict(data: dict, where: str | Path) -> TargetProfile:
+    """The profile an artifact was converted with, from its manifest's ``profile`` record."""
+    source = str(data.get("source") or where)
+    data = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
+            for k, v in data.items() if k != "source" and v is not None}
+    return _from_data(data, Path(where), source)
+
+
+def _from_data(data: dict, path: Path, source: str) -> TargetProfile:
     _check_keys(data, TargetProfile, "the top level", path)
-    kwargs: dict = {"source": str(path)}
+    kwargs: dict = {"source": source}
     for key, value in data.items():
         if key in _SECTIONS:
             kwargs[key] = _section(value, _SECTIONS[key], key, path)

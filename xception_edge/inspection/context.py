@@ -1,0 +1,42 @@
+"""Everything `inspect` (and `convert --max-drop`) needs before a backend measures: the artifact's
+manifest and profile, the source model, the same calibration sample, the Keras layer table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..artifact import read_manifest
+from ..calibration import build_calibration, open_source
+from ..errors import BadInput
+from ..model_io import load_source
+from ..preprocess import PreprocessSpec
+from ..targets import profile_from_dict
+from .base import InspectContext
+from .layers import layer_parts
+
+
+def open_context(artifact: Path, model: str, calibration: Path, workdir: Path, *, num_images: int = 32,
+                 calibration_root: Path | None = None, unsafe_model: bool = False, source=None) -> InspectContext:
+    """Read the artifact, load ``model`` (or reuse ``source``), and decode the calibration sample
+    the artifact was made with (same source, seed and count: a re-quantization reproduces it)."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    if manifest.get("precision") != "int8":
+        raise BadInput(f"{artifact} is a {manifest.get('precision')} artifact; inspect compares int8 artifacts with their fp32 source")
+    profile = profile_from_dict(manifest["profile"], artifact / "manifest.json")
+    cal = manifest.get("calibration") or {}
+    src = source or load_source(model, unsafe=unsafe_model)
+    if src.keras_model is None:
+        raise BadInput(f"--model {model} is a SavedModel without Keras layers; inspect needs the .keras/.h5 file to name layers")
+    spec = PreprocessSpec.from_dict(manifest["preprocessing"])
+    if (src.height, src.width) != (spec.height, spec.width):
+        raise BadInput(f"--model {model} takes {src.height}x{src.width} images but {artifact} was converted at "
+                       f"{spec.height}x{spec.width}; pass the model the artifact was converted from")
+    calib = build_calibration(open_source(calibration, calibration_root), spec, int(cal.get("count") or 300), int(cal.get("seed") or 0))
+    if cal.get("list_sha256") and calib.summary()["list_sha256"] != cal["list_sha256"]:
+        from .. import console
+
+        console.warn(f"{calibration} does not give the calibration sample {artifact.name} was made with "
+                     "(different images); a backend that re-quantizes to inspect measures a slightly different model")
+    n = max(1, min(num_images, len(calib)))
+    return InspectContext(artifact, manifest, profile, src, calib, calib.images[:n], Path(workdir), layer_parts(src.keras_model))
