@@ -59,3 +59,31 @@ def small_model(tmp_path_factory):
     path = root / "small.keras"
     model.save(path)
     return path, train, val
+
+
+def plant_outlier_channel(src: Path, dst: Path, layer_name: str, factor: float, channel: int = 0) -> Path:
+    """The same function, quantized badly: one channel of a SeparableConv2D's depthwise output is
+    scaled by ``factor`` and its pointwise weights by 1/factor. The float model is unchanged (up to
+    rounding), but the per-tensor int8 range of that activation grows ``factor``-fold and crushes
+    its other channels — the classic outlier-channel failure of post-training int8."""
+    import keras
+
+    model = keras.models.load_model(src)
+    layer = model.get_layer(layer_name)
+    weights = layer.get_weights()
+    dw, pw = np.array(weights[0]), np.array(weights[1])
+    mult = dw.shape[-1]
+    dw[:, :, channel, :] *= factor
+    pw[:, :, channel * mult : (channel + 1) * mult, :] /= factor
+    layer.set_weights([dw, pw, *weights[2:]])
+    model.save(dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def outlier_model(small_model, tmp_path_factory):
+    """small_model with a 1000x outlier channel in block3_sepconv1: int8 collapses to one class on
+    every backend unless that layer stays float. Returns (model_path, train_dir, val_dir)."""
+    path, train, val = small_model
+    out = plant_outlier_channel(path, tmp_path_factory.mktemp("outlier") / "outlier.keras", "block3_sepconv1", 1000.0)
+    return out, train, val

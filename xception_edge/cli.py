@@ -81,10 +81,17 @@ def _emit_json(data, path: str | None) -> None:
               help="Plain resize (as image_dataset_from_directory) or shorter side + centre crop (ImageNet style).")
 @click.option("--crop-fraction", type=float, default=0.875, show_default=True, help="With --resize crop.")
 @click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]), default="bilinear", show_default=True)
+@click.option("--max-drop", type=float, default=None, metavar="PP",
+              help="Accuracy budget: top-1 drop (percentage points) on --validation that an int8 artifact may lose; "
+                   "over it, the most harmful layers are kept in float (up to the profile's max_float_mac_share).")
+@click.option("--validation", type=click.Path(path_type=Path), metavar="DIR|LIST",
+              help="Labelled held-out images for --max-drop (class sub-folders, or a list file of 'path label').")
+@click.option("--strict", is_flag=True, help="Validation images that are also calibration images (same sha256) are an error, not a warning.")
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]",
               help="Write machine-readable results to stdout (--json) or a file (--json=PATH).")
 def convert(model, targets, calibration, calibration_root, num_calibration, seed, out, force, verify, verify_data,
-            labels, unsafe_model, weights, input_size, num_classes, resize, crop_fraction, interpolation, json_out):
+            labels, unsafe_model, weights, input_size, num_classes, resize, crop_fraction, interpolation, max_drop,
+            validation, strict, json_out):
     """Convert MODEL to every --target, verify each artifact, and write OUT/<target>/."""
     from .model_io import KerasXceptionOptions
     from .pipeline import ConvertRequest, run_convert
@@ -95,6 +102,7 @@ def convert(model, targets, calibration, calibration_root, num_calibration, seed
         force=force, unsafe_model=unsafe_model,
         xception=KerasXceptionOptions(weights=weights, input_size=input_size, num_classes=num_classes),
         resize=resize, crop_fraction=crop_fraction, interpolation=interpolation,
+        max_drop=max_drop, validation=validation, strict=strict,
     )
     results = run_convert(req)
     _report_conversions(results, json_out)
@@ -218,7 +226,47 @@ def gate(report, gates_file, junit, json_out):
     for r in failed:
         console.error(f"gate failed: {describe(r)}")
     if failed:
+        from .gates import inspect_hints
+
+        for hint in inspect_hints(data, results):
+            console.info(hint)
         raise click.exceptions.Exit(1)
+
+
+# ---------------------------------------------------------------- inspect
+@cli.command()
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option("--model", "model", required=True, metavar="M", help="The Keras model (.keras/.h5) the artifacts were converted from.")
+@click.option("--calibration", required=True, type=click.Path(path_type=Path), metavar="DIR|LIST",
+              help="The calibration images the artifacts were made with (the same sample is drawn again).")
+@click.option("--calibration-root", type=click.Path(path_type=Path), metavar="DIR", help="Root of a list file's paths.")
+@click.option("--num-images", type=int, default=32, show_default=True, help="Images to measure the activations on.")
+@click.option("--top", type=int, default=10, show_default=True, help="Layers shown per artifact (all are in the JSON).")
+@click.option("--report", type=click.Path(path_type=Path), default=Path("inspect-report"), show_default=True, metavar="OUT",
+              help="Folder for inspect.json, inspect.md and inspect.html (with the plot).")
+@click.option("--unsafe-model", is_flag=True, help="Load a .keras file with Keras safe mode off (Lambda layers).")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def inspect(artifacts, model, calibration, calibration_root, num_images, top, report, unsafe_model, json_out):
+    """Per-layer quantization error of each int8 artifact in ARTIFACTS (one artifact folder or the
+    --out folder of convert): SQNR vs fp32, layer type and MAC share, worst first."""
+    from .artifact import check_writable_dir
+    from .inspection.report import print_inspect, write_inspect
+    from .inspection.run import InspectRequest, run_inspect
+
+    if top < 1:
+        from .errors import BadInput
+
+        raise BadInput(f"--top {top} must be at least 1")
+    check_writable_dir(report)
+    result = run_inspect(InspectRequest(artifacts=artifacts, model=model, calibration=calibration,
+                                        calibration_root=calibration_root, num_images=num_images, unsafe_model=unsafe_model))
+    files = write_inspect(result, report, top)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    if json_out:
+        _emit_json(result, json_out)
+    if json_out != "-":
+        print_inspect(result, top)
+        click.echo(f"report: {files['html']} (also inspect.md, inspect.json)")
 
 
 # ---------------------------------------------------------------- targets

@@ -106,6 +106,16 @@ def shared_preprocessing(arts: list[Artifact]) -> tuple[PreprocessSpec, list[str
     return spec, labels
 
 
+def float_layers(manifest: dict) -> dict:
+    """Layers an int8 artifact keeps in float (the profile's ignored scope, or --max-drop's choice)."""
+    budget = manifest.get("accuracy_budget") or {}
+    layers = budget.get("float_layers")
+    if layers is None:
+        layers = list(((manifest.get("profile") or {}).get("quantization") or {}).get("ignored_scope") or [])
+    return {"float_layers": layers, "float_mac_share": budget.get("float_mac_share"),
+            "max_drop_pp": budget.get("max_drop_pp")}
+
+
 def _check_report_dir(report: Path) -> None:
     if report.exists() and not report.is_dir():
         raise BadInput(f"--report {report} is a file; pass a folder for report.json, report.md and report.html")
@@ -330,6 +340,7 @@ def _compute(req, arts, todo, spec, labels, data, keras_cached, keras_key, art_k
                 "name": a.name, "path": str(a.folder.resolve()), "target": m["target"], "backend": m["backend"],
                 "format": m.get("format"), "precision": m["precision"], "hardware": m.get("hardware"),
                 "manifest_sha256": a.manifest_sha256, "size_bytes": model_bytes(m), "threads": rt.threads,
+                **float_layers(m),
             }
             row = _compare(row, acc, preds, ref, ref_preds, label_of)
             row.update(latency=stats.to_dict(), cpu_warning=cpu_mismatch(m), seconds=time.perf_counter() - t1)

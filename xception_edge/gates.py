@@ -143,3 +143,22 @@ def describe(r: GateResult) -> str:
     value = "—" if r.value is None else f"{r.value + 0.0:.4g}"
     limit = "—" if r.limit is None else f"{r.limit:.4g}"
     return f"{r.target}: {r.gate} = {value} (limit {limit}){' — ' + r.note if r.note else ''}"
+
+
+def inspect_hints(report: dict, results: list[GateResult]) -> list[str]:
+    """For each failed int8 target: the `inspect` command that names the layers to blame."""
+    failed = {r.target for r in results if not r.passed}
+    model = (report.get("model") or {}).get("spec", "MODEL")
+    out = []
+    for row in report.get("artifacts", []):
+        if row.get("target") not in failed or row.get("precision") != "int8":
+            continue
+        calib = "CALIBRATION"
+        try:
+            manifest = json.loads((Path(row["path"]) / "manifest.json").read_text(encoding="utf-8"))
+            calib = (manifest.get("calibration") or {}).get("source") or calib
+        except (OSError, KeyError, TypeError, ValueError):
+            pass
+        out.append(f"{row['target']}: to see which layers are to blame, run: xception-edge inspect {row['path']} "
+                   f"--model {model} --calibration {calib}  (then `convert --max-drop PP --validation DIR` keeps them in float)")
+    return out

@@ -47,6 +47,9 @@ class ConvertRequest:
     resize: str = "resize"
     crop_fraction: float = 0.875
     interpolation: str = "bilinear"
+    max_drop: float | None = None  # accuracy budget: top-1 drop in pp on `validation`
+    validation: Path | None = None  # labelled images for --max-drop
+    strict: bool = False  # validation images that are calibration images: an error, not a warning
 
 
 @dataclasses.dataclass
@@ -59,6 +62,9 @@ class TargetResult:
     seconds: float
     verification: dict | None
     error: str | None = None
+    float_layers: list[str] | None = None  # --max-drop: layers kept in float
+    float_mac_share: float | None = None
+    drop_pp: float | None = None  # --max-drop: top-1 drop on the validation images
 
     @property
     def ok(self) -> bool:
@@ -85,6 +91,16 @@ def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | No
     for p in profiles:
         if (req.out / p.name).exists() and not req.force:
             raise BadInput(f"{req.out / p.name} already exists; pass --force to overwrite it")
+    if req.max_drop is not None:
+        if req.validation is None:
+            raise BadInput(f"--max-drop {req.max_drop:g} needs --validation DIR: labelled held-out images (class sub-folders "
+                           "or a list file) to measure the top-1 drop on")
+        if not req.max_drop >= 0:
+            raise BadInput(f"--max-drop {req.max_drop} must be a non-negative number of percentage points, e.g. 1.0")
+        if not req.validation.exists():
+            raise BadInput(f"--validation {req.validation} does not exist; pass a folder of labelled images or a list file")
+    elif req.validation is not None:
+        raise BadInput(f"--validation {req.validation} is only used with --max-drop PP; add the budget or drop --validation")
     needs_calib = [p.name for p in profiles if p.precision.needs_calibration]
     if needs_calib and req.calibration is None:
         raise BadInput(f"int8 target(s) {', '.join(needs_calib)} need calibration images; pass --calibration DIR or LIST")
@@ -145,6 +161,15 @@ def run_convert(req: ConvertRequest) -> list[TargetResult]:
                 "untrained weights? top-1 is noise there, so verification checks that the probabilities stay put instead"
             )
 
+    validation = None
+    if req.max_drop is not None:
+        from .budget import check_overlap, load_validation
+
+        if src.keras_model is None:
+            raise BadInput(f"--max-drop needs a Keras model (.keras/.h5) to name the layers it keeps in float; {req.model} is a SavedModel")
+        validation = load_validation(req.validation, labels, spec, src)
+        check_overlap(validation, calib, strict=req.strict)
+
     results = []
     common = {
         "source_model": {"spec": req.model, "kind": src.kind, "sha256": src.sha256},
@@ -158,61 +183,89 @@ def run_convert(req: ConvertRequest) -> list[TargetResult]:
         for profile in profiles:
             n_cal = req.num_calibration or profile.calibration_size
             target_calib = calib.take(n_cal) if calib is not None and profile.precision.needs_calibration else None
-            results.append(_convert_one(req, profile, src, target_calib, Path(workdir), common, images, reference, images_from))
+            check = (images, reference, images_from)
+            results.append(_convert_one(req, profile, src, target_calib, Path(workdir), common, check, validation))
     return results
 
 
-def _convert_one(req, profile, src: SourceModel, calib, workdir, common, images, reference, images_from) -> TargetResult:
+def _build(profile, src: SourceModel, calib, stage: Path, workdir: Path, common: dict, check) -> tuple[dict, object, VerifyResult | None]:
+    """Convert into ``stage``; the manifest (not yet written), the opened artifact, the verification."""
+    images, reference, images_from = check
+    t0 = time.perf_counter()
+    converted = converter_for(profile.backend)(src, profile, calib, stage, workdir)
+    seconds = time.perf_counter() - t0
+    (stage / "labels.txt").write_text("\n".join(common["labels"]) + "\n", encoding="utf-8")
+    if calib is not None:
+        (stage / "calibration.txt").write_text(calib.list_text(), encoding="utf-8")
+    manifest = {
+        "target": profile.name,
+        "description": profile.description,
+        "hardware": profile.hardware,
+        "backend": profile.backend.value,
+        "format": profile.format.value,
+        "precision": profile.precision.value,
+        "threads": profile.threads,
+        "model_file": converted.model_file,
+        "io": {"input": converted.input.to_dict(), "output": converted.output.to_dict()},
+        **common,
+        "calibration": calib.summary() if calib is not None else None,
+        "conversion": {"seconds": round(seconds, 2), **converted.details},
+        "tools": {**common["tools"], **converted.tools},
+        "profile": profile.to_dict(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "files": {},
+    }
+    runtime = open_artifact(stage, manifest=manifest)
+    result = None
+    if images is not None:
+        result = verify(runtime, images, reference, profile.verify.min_agreement, images_from)
+        _print_verification(profile.name, result)
+    return manifest, runtime, result
+
+
+def _check_verification(name: str, result: VerifyResult | None) -> None:
+    if result is None or result.passed:
+        return
+    if result.mode == "distribution":
+        raise VerificationFailed(
+            f"{name}: output probabilities moved by up to {result.max_abs_diff:.4f} on {result.images} "
+            f"images (limit {result.max_abs_diff_limit:.4f} for an undecided source model); the artifact was not written"
+        )
+    raise VerificationFailed(
+        f"{name}: top-1 agreement with the source model is {result.agreement:.1%} on "
+        f"{result.images} images, below the floor {result.floor:.0%} (max |Δp| {result.max_abs_diff:.3f}); "
+        "the artifact was not written"
+    )
+
+
+def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, validation) -> TargetResult:
     t0 = time.perf_counter()
     final = req.out / profile.name
     console.info(f"[{profile.name}] converting: {profile.backend.value} {profile.precision.value}")
     try:
         with staged_dir(final, force=req.force) as stage:
-            converted = converter_for(profile.backend)(src, profile, calib, stage, workdir)
+            budget = None
+            if validation is not None and profile.precision is Precision.INT8:
+                from .budget import keep_within_budget
+
+                def build(p):
+                    return _build(p, src, calib, stage, workdir, common, check)
+
+                manifest, result, budget = keep_within_budget(profile, req.max_drop, validation, src, calib, build, stage, workdir)
+            else:
+                manifest, _, result = _build(profile, src, calib, stage, workdir, common, check)
+            _check_verification(profile.name, result)
             seconds = time.perf_counter() - t0
-            (stage / "labels.txt").write_text("\n".join(common["labels"]) + "\n", encoding="utf-8")
-            if calib is not None:
-                (stage / "calibration.txt").write_text(calib.list_text(), encoding="utf-8")
-            manifest = {
-                "target": profile.name,
-                "description": profile.description,
-                "hardware": profile.hardware,
-                "backend": profile.backend.value,
-                "format": profile.format.value,
-                "precision": profile.precision.value,
-                "threads": profile.threads,
-                "model_file": converted.model_file,
-                "io": {"input": converted.input.to_dict(), "output": converted.output.to_dict()},
-                **common,
-                "calibration": calib.summary() if calib is not None else None,
-                "conversion": {"seconds": round(seconds, 2), **converted.details},
-                "tools": {**common["tools"], **converted.tools},
-                "profile": profile.to_dict(),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            }
-            result = None
-            if images is not None:
-                manifest["files"] = {}
-                runtime = open_artifact(stage, manifest=manifest)
-                result = verify(runtime, images, reference, profile.verify.min_agreement, images_from)
-                _print_verification(profile.name, result)
-                if not result.passed and result.mode == "distribution":
-                    raise VerificationFailed(
-                        f"{profile.name}: output probabilities moved by up to {result.max_abs_diff:.4f} on {result.images} "
-                        f"images (limit {result.max_abs_diff_limit:.4f} for an undecided source model); the artifact was not written"
-                    )
-                if not result.passed:
-                    raise VerificationFailed(
-                        f"{profile.name}: top-1 agreement with the source model is {result.agreement:.1%} on "
-                        f"{result.images} images, below the floor {result.floor:.0%} (max |Δp| {result.max_abs_diff:.3f}); "
-                        "the artifact was not written"
-                    )
+            manifest["conversion"]["seconds"] = round(seconds, 2)
+            if budget is not None:
+                manifest["accuracy_budget"] = budget
             manifest["verification"] = result.to_dict() if result else {"skipped": "--no-verify"}
             manifest.pop("files", None)
             files = write_manifest(stage, manifest)["files"]
             size = sum(e["bytes"] for name, e in files.items() if name not in ("labels.txt", "calibration.txt"))
         return TargetResult(profile.name, profile.backend.value, profile.precision.value, str(final), size, seconds,
-                            manifest["verification"])
+                            manifest["verification"], float_layers=(budget or {}).get("float_layers"),
+                            float_mac_share=(budget or {}).get("float_mac_share"), drop_pp=(budget or {}).get("drop_pp"))
     except XceptionEdgeError as exc:
         if isinstance(exc, BadInput):
             raise

@@ -50,6 +50,10 @@ def notes(report: dict) -> list[str]:
     for r in report["artifacts"]:
         if r.get("cpu_warning"):
             out.append(f"{r['name']}: {r['cpu_warning']}")
+        if r.get("float_layers"):
+            share = f", {100 * r['float_mac_share']:.1f}% of MACs" if r.get("float_mac_share") is not None else ""
+            why = f" to keep the --max-drop {r['max_drop_pp']:g} pp budget" if r.get("max_drop_pp") is not None else ""
+            out.append(f"{r['name']}: {len(r['float_layers'])} layer(s) kept in float{why}{share}: {', '.join(r['float_layers'])}")
         if not r.get("same_source_model", True):
             out.append(f"{r['name']}: converted from another model than --model; its agreement says little")
     reused = [r["name"] for r in rows(report) if r.get("reused")]

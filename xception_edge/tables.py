@@ -31,6 +31,11 @@ def conversion_table(results, title: str = "Conversions") -> None:
         t.add_row(r.target, r.backend, r.precision, _mb(r.size_bytes), agree, diff, f"{r.seconds:.1f}s", status)
     Console().print(t)
     for r in results:
+        if r.drop_pp is not None:
+            kept = (f"{len(r.float_layers)} layer(s) kept in float ({100 * r.float_mac_share:.1f}% of MACs): "
+                    f"{', '.join(r.float_layers)}") if r.float_layers else "no layer kept in float"
+            Console().print(f"{r.target}: top-1 drop {r.drop_pp:.2f} pp on the validation images; {kept}", highlight=False)
+    for r in results:
         if not r.ok:
             Console().print(f"[red]FAILED[/red] {r.error}", highlight=False)
 

@@ -151,6 +151,8 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
             raise BadInput(f"{path}: ONNX Runtime has no int8-activation x uint8-weight kernels; set [quantization] weight_dtype = \"int8\"")
     elif q.x86_without_vnni:
         raise BadInput(f"{path}: [quantization] x86_without_vnni is an onnxruntime setting; remove it for backend {p.backend.value}")
+    if not 0.0 <= q.max_float_mac_share <= 1.0:
+        raise BadInput(f"{path}: [quantization] max_float_mac_share must be within 0..1, got {q.max_float_mac_share!r}")
     if q.subset_size is not None and (not isinstance(q.subset_size, int) or q.subset_size < 1):
         raise BadInput(f"{path}: [quantization] subset_size must be a positive integer (or left out for all images), got {q.subset_size!r}")
 

@@ -58,6 +58,7 @@ class QuantSpec:
     fast_bias_correction: bool = True  # NNCF
     subset_size: int | None = None  # NNCF: calibration images used for statistics (None: all of them)
     ignored_scope: tuple[str, ...] = ()  # layer names kept in float
+    max_float_mac_share: float = 0.2  # convert --max-drop: the most of the model's MACs it may keep in float
 
 
 @dataclasses.dataclass(frozen=True)

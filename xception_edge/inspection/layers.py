@@ -37,9 +37,10 @@ def layer_parts(keras_model) -> dict[str, LayerPart]:
     for layer in _all_layers(keras_model):
         kind = layer.__class__.__name__
         try:
-            in_shape = _shape(layer.input)
+            inp = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input  # Add: several inputs
+            in_shape = _shape(inp)
             out_shape = _shape(layer.output)
-        except (AttributeError, ValueError):
+        except (AttributeError, ValueError, IndexError, TypeError):
             continue
         spatial = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1
         cin = in_shape[-1]

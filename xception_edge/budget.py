@@ -1,0 +1,135 @@
+"""Accuracy-aware conversion (`convert --max-drop PP --validation DIR`): one rule for every backend.
+
+After an int8 conversion, top-1 on the labelled validation images is compared with the Keras
+model's. While the drop exceeds the budget, the Keras layers that lose the most SQNR themselves
+(measured by `inspect`'s backend module on the artifact just built) are kept in float, in
+growing sets (1, 2, 4, ... layers), and the target is converted again: the backend keeps them
+float its own way (LiteRT denylist, OpenVINO/NNCF ignored scope, ONNX Runtime nodes_to_exclude).
+The float layers may hold at most the profile's ``max_float_mac_share`` of the model's MACs;
+when the budget cannot be met within it, conversion fails, saying the best drop reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import console
+from .calibration import sha256_file
+from .errors import BadInput, ConversionFailed
+from .inspection.layers import float_mac_share, layer_parts
+from .preprocess import PreprocessSpec, load_images
+from .types import TargetProfile
+
+MEASURE_IMAGES = 32  # calibration images the per-layer ranking is measured on
+
+
+@dataclasses.dataclass
+class Validation:
+    """The labelled validation images, decoded once per run, and the Keras model's top-1 on them."""
+
+    origin: str
+    files: list[Path]
+    labels: np.ndarray
+    images: np.ndarray
+    fp32_top1: float
+    sha256: list[str]
+
+    def top1(self, probs: np.ndarray) -> float:
+        return float(np.mean(np.argmax(probs, axis=-1) == self.labels))
+
+
+def load_validation(path: Path, labels: list[str], spec: PreprocessSpec, src) -> Validation:
+    from .dataset import labelled_images
+
+    data = labelled_images(path, labels, require_labels=True)
+    if not data.files:
+        raise BadInput(f"--validation {path} holds no images; pass labelled images (class sub-folders named as the labels)")
+    images, failed = load_images(list(data.files), spec)
+    if failed:
+        raise BadInput(f"--validation {path}: {len(failed)} image(s) cannot be decoded, e.g. {failed[0]}; remove them")
+    targets = np.array(data.targets, dtype=np.int64)
+    fp32 = float(np.mean(np.argmax(src.predict(images), -1) == targets))
+    console.info(f"--validation: {len(images)} labelled images of {data.origin}; Keras fp32 top-1 {fp32:.2%}")
+    return Validation(data.origin, list(data.files), targets, images, fp32, [sha256_file(f) for f in data.files])
+
+
+def check_overlap(validation: Validation, calib, *, strict: bool) -> None:
+    """Validation images that are also calibration images (same content, by sha256) flatter int8."""
+    if calib is None:
+        return
+    calib_hashes = set(calib.sha256)
+    shared = [f for f, h in zip(validation.files, validation.sha256) if h in calib_hashes]
+    if not shared:
+        return
+    msg = (f"{len(shared)} of {len(validation.files)} --validation images are also calibration images (same sha256), "
+           f"e.g. {shared[0]}; the measured drop will look better than on unseen images: use held-out images")
+    if strict:
+        raise BadInput(msg + " (--strict makes this an error)")
+    console.warn(msg)
+
+
+def drop_pp(validation: Validation, runtime) -> float:
+    return 100.0 * (validation.fp32_top1 - validation.top1(runtime.predict(validation.images)))
+
+
+def _sizes(n: int) -> list[int]:
+    out, k = [], 1
+    while k < n:
+        out.append(k)
+        k *= 2
+    return out + [n] if n else []
+
+
+def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Validation, src, calib, build, stage: Path,
+                       workdir: Path) -> tuple[dict, object, dict]:
+    """``build(profile) -> (manifest, runtime, verify_result)`` converts into ``stage``; returns the
+    (manifest, verify_result, budget record) of the first conversion within budget."""
+    from .inspection import backend_module
+    from .inspection.base import InspectContext, blame, finish
+
+    base_scope = tuple(profile.quantization.ignored_scope)
+    parts = layer_parts(src.keras_model)
+    limit = profile.quantization.max_float_mac_share
+    manifest, runtime, result = build(profile)
+    drop = drop_pp(validation, runtime)
+    attempts = [{"float_layers": list(base_scope), "float_mac_share": round(float_mac_share(parts, base_scope), 6),
+                 "drop_pp": round(drop, 3)}]
+    console.info(f"[{profile.name}] accuracy budget: top-1 drop {drop:.2f} pp on {len(validation.files)} validation images "
+                 f"(budget {max_drop:g} pp)")
+    record = {"max_drop_pp": max_drop, "validation": validation.origin, "validation_images": len(validation.files),
+              "fp32_top1": round(validation.fp32_top1, 6), "max_float_mac_share": limit}
+    if drop <= max_drop:
+        return manifest, result, {**record, "drop_pp": round(drop, 3), "float_layers": list(base_scope),
+                                  "float_mac_share": attempts[0]["float_mac_share"], "attempts": attempts}
+
+    ctx = InspectContext(stage, manifest, profile, src, calib, calib.images[:MEASURE_IMAGES], workdir, parts)
+    ranked = [l for l in blame(finish(backend_module(profile.backend.value).measure(ctx), parts)) if l not in base_scope]
+    console.info(f"[{profile.name}] over budget; layers losing the most SQNR: {', '.join(ranked[:5])}")
+    fitting = [k for k in _sizes(len(ranked)) if float_mac_share(parts, base_scope + tuple(ranked[:k])) <= limit]
+    best = (drop, list(base_scope))
+    for k in fitting:
+        scope = base_scope + tuple(ranked[:k])
+        share = float_mac_share(parts, scope)
+        trial = dataclasses.replace(profile, quantization=dataclasses.replace(profile.quantization, ignored_scope=scope))
+        for child in stage.iterdir():  # the previous attempt's files
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        manifest, runtime, result = build(trial)
+        drop = drop_pp(validation, runtime)
+        attempts.append({"float_layers": list(scope), "float_mac_share": round(share, 6), "drop_pp": round(drop, 3)})
+        console.info(f"[{profile.name}] {k} layer(s) in float ({share:.1%} of MACs): top-1 drop {drop:.2f} pp")
+        if drop < best[0]:
+            best = (drop, list(scope))
+        if drop <= max_drop:
+            return manifest, result, {**record, "drop_pp": round(drop, 3), "float_layers": list(scope),
+                                      "float_mac_share": round(share, 6), "attempts": attempts}
+    tried = f"{len(attempts) - 1} re-conversion(s)" if len(attempts) > 1 else "no re-conversion (no layer fits the MAC limit)"
+    raise ConversionFailed(
+        f"{profile.name}: top-1 drop stays above the budget of {max_drop:g} pp on {validation.origin}: best {best[0]:.2f} pp "
+        f"with {len(best[1])} layer(s) in float ({float_mac_share(parts, best[1]):.1%} of MACs) after {tried}, within "
+        f"max_float_mac_share {limit:g}; raise --max-drop or max_float_mac_share in the profile, or improve calibration; "
+        "the artifact was not written"
+    )

@@ -1,0 +1,96 @@
+"""`xception-edge inspect`: every int8 artifact of a folder (or one artifact), measured layer by
+layer against the fp32 source with its backend's own facility, in one result schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import tempfile
+import time
+from pathlib import Path
+
+from .. import __version__, console
+from ..errors import BadInput
+from ..hostinfo import host
+from . import backend_module
+from .base import blame, finish
+from .context import open_context
+
+SCHEMA = "xception-edge/inspect"
+VERSION = 1
+TOOLS = {
+    "litert": "TFLite QuantizationDebugger (own error) + intermediate tensors of the artifact",
+    "onnxruntime": "onnxruntime.quantization.qdq_loss_debug",
+    "openvino": "intermediate outputs of the fp32 and int8 OpenVINO models",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectRequest:
+    artifacts: Path
+    model: str
+    calibration: Path
+    calibration_root: Path | None = None
+    num_images: int = 32
+    unsafe_model: bool = False
+
+
+def int8_artifacts(root: Path) -> list[Path]:
+    """ROOT when it is an artifact, else its int8 sub-folders (other precisions have nothing to inspect)."""
+    from ..evaluate import discover_artifacts
+
+    arts = discover_artifacts(Path(root))
+    int8 = [a.folder for a in arts if a.manifest.get("precision") == "int8"]
+    if not int8:
+        kinds = ", ".join(sorted({f"{a.manifest.get('precision')}" for a in arts}))
+        raise BadInput(f"{root} holds no int8 artifact (found: {kinds}); inspect compares int8 artifacts with their fp32 source")
+    skipped = [a.name for a in arts if a.manifest.get("precision") != "int8"]
+    if skipped:
+        console.info(f"inspect: skipping {len(skipped)} non-int8 artifact(s): {', '.join(skipped)}")
+    return int8
+
+
+def inspect_one(ctx) -> dict:
+    """Measure one artifact (context already open) and return its result record."""
+    backend = ctx.manifest["backend"]
+    t0 = time.perf_counter()
+    errors = finish(backend_module(backend).measure(ctx), ctx.parts)
+    matched = {e.layer for e in errors if e.layer}
+    missing = [p.name for p in ctx.parts.values() if p.weighted and p.name not in matched]
+    return {
+        "target": ctx.manifest["target"],
+        "backend": backend,
+        "path": str(ctx.artifact),
+        "tool": TOOLS.get(backend, backend),
+        "images": int(len(ctx.images)),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "float_layers": list(ctx.profile.quantization.ignored_scope),
+        "layers": [e.to_dict() for e in errors],
+        "blame": blame(errors),
+        "unmatched_weighted_layers": missing,
+    }
+
+
+def run_inspect(req: InspectRequest) -> dict:
+    if req.num_images < 1:
+        raise BadInput(f"--num-images {req.num_images} must be at least 1")
+    folders = int8_artifacts(req.artifacts)
+    results, src = [], None
+    with tempfile.TemporaryDirectory(prefix="xception-edge-inspect-") as workdir:  # exports shared by every artifact
+        for folder in folders:
+            ctx = open_context(folder, req.model, req.calibration, Path(workdir), num_images=req.num_images,
+                               calibration_root=req.calibration_root, unsafe_model=req.unsafe_model, source=src)
+            src = ctx.source
+            console.info(f"[{ctx.manifest['target']}] inspecting {len(ctx.parts)} layers on {len(ctx.images)} images "
+                         f"({TOOLS.get(ctx.manifest['backend'], '')})")
+            results.append(inspect_one(ctx))
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "model": req.model,
+        "calibration": str(req.calibration),
+        "host": host(),
+        "xception_edge": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "artifacts": results,
+    }
