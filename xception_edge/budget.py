@@ -1,8 +1,8 @@
 """Accuracy-aware conversion (`convert --max-drop PP --validation DIR`): one rule for every backend.
 
 After an int8 conversion, top-1 on the labelled validation images is compared with the Keras
-model's. While the drop exceeds the budget, the Keras layers that lose the most SQNR themselves
-(measured by `inspect`'s backend module on the artifact just built) are kept in float, in
+model's. While the drop exceeds the budget, the Keras layers with the worst own quantization error
+(measured by `inspect`'s backend module on the artifact just built, `inspection.base.blame`) are kept in float, in
 growing sets (1, 2, 4, ... layers), and the target is converted again: the backend keeps them
 float its own way (LiteRT denylist, OpenVINO/NNCF ignored scope, ONNX Runtime nodes_to_exclude).
 The float layers may hold at most the profile's ``max_float_mac_share`` of the model's MACs;
@@ -107,7 +107,7 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
                                   "float_mac_share": attempts[0]["float_mac_share"], "attempts": attempts}
 
     ctx = InspectContext(stage, manifest, profile, src, calib, calib.images[:MEASURE_IMAGES], workdir, parts)
-    ranked = [l for l in blame(finish(backend_module(profile.backend.value).measure(ctx), parts)) if l not in base_scope]
+    ranked = blame(finish(backend_module(profile.backend.value).measure(ctx), parts), base_scope)
     console.info(f"[{profile.name}] over budget; layers losing the most SQNR: {', '.join(ranked[:5])}")
     fitting = [k for k in _sizes(len(ranked)) if float_mac_share(parts, base_scope + tuple(ranked[:k])) <= limit]
     best = (drop, list(base_scope))

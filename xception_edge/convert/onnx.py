@@ -20,7 +20,7 @@ from .. import console, frameworks
 from ..calibration import CalibrationSet
 from ..errors import BadInput, ConversionFailed
 from ..hostinfo import cpu_flags
-from ..model_io import SourceModel
+from ..model_io import SourceModel, _all_layers
 from ..runtime.base import TensorSpec
 from ..types import Precision, QuantSpec, TargetProfile
 from .base import ConvertedModel
@@ -45,7 +45,9 @@ def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | No
     else:
         if calib is None or len(calib) == 0:
             raise ConversionFailed(f"{profile.name}: int8 needs calibration images; pass --calibration DIR")
-        details["quantization"] = quantize_qdq(exported, out, calib, profile.quantization, profile.per_channel, workdir, profile.name)
+        keras_layers = {layer.name for layer in _all_layers(src.keras_model)} if src.keras_model is not None else None
+        details["quantization"] = quantize_qdq(exported, out, calib, profile.quantization, profile.per_channel, workdir,
+                                               profile.name, keras_layers)
     try:
         onnx.checker.check_model(str(out))
     except Exception as exc:
@@ -74,8 +76,9 @@ def _producer(model) -> str:
     return f"{model.producer_name} {model.producer_version}".strip()
 
 
-def _preprocessed(fp32: Path, workdir: Path) -> Path:
-    """quant_pre_process (ORT optimization + symbolic shape inference), once per run."""
+def preprocessed(fp32: Path, workdir: Path) -> Path:
+    """quant_pre_process (ORT optimization + symbolic shape inference), once per run: the fp32
+    model quantize_static starts from (and `inspect` compares against, tensor names being equal)."""
     pre = Path(workdir) / "onnx" / "model.preprocessed.onnx"
     if not pre.exists():
         shape_inference = frameworks.ort_quantization().shape_inference
@@ -118,15 +121,16 @@ def _reader(oq, input_name: str, calib: CalibrationSet, task):
     return Reader()
 
 
-def quantize_qdq(fp32: Path, out: Path, calib: CalibrationSet, q: QuantSpec, per_channel: bool, workdir: Path, label: str) -> dict:
+def quantize_qdq(fp32: Path, out: Path, calib: CalibrationSet, q: QuantSpec, per_channel: bool, workdir: Path, label: str,
+                 keras_layers: set[str] | None = None) -> dict:
     """Static QDQ int8 of ``fp32`` into ``out``. Calibration ranges depend only on the model,
     the images and the method, so targets of one run that share them calibrate once (cache)."""
     oq = frameworks.ort_quantization()
     onnx = frameworks.onnx()
-    pre = _preprocessed(fp32, workdir)
+    pre = preprocessed(fp32, workdir)
     model = onnx.load(str(pre))
     input_name = model.graph.input[0].name
-    excluded = _excluded_nodes(model, q.ignored_scope, label)
+    excluded = _excluded_nodes(model, q.ignored_scope, label, keras_layers)
     key = hashlib.sha256(f"{q.calibration_method}|{calib.summary()['list_sha256']}|{len(calib)}".encode()).hexdigest()[:16]
     cache = Path(workdir) / "onnx" / f"calibration-{q.calibration_method}-{key}.json"
     cached = cache.exists()
@@ -164,16 +168,41 @@ def quantize_qdq(fp32: Path, out: Path, calib: CalibrationSet, q: QuantSpec, per
     }
 
 
-def _excluded_nodes(model, layers: tuple[str, ...], label: str) -> list[str]:
-    """ONNX nodes of the Keras layers in ignored_scope (tf2onnx keeps the layer name in the node
-    name or in its weight's name: `.../block4_sepconv1_1/separable_conv2d/...`)."""
+def _excluded_nodes(model, layers: tuple[str, ...], label: str, keras_layers: set[str] | None = None) -> list[str]:
+    """ONNX nodes of the Keras layers in ignored_scope. tf2onnx keeps the layer name in the node
+    name or in its weight's name (`.../block4_sepconv1_1/separable_conv2d/...`), suffixed when the
+    scope was taken: each name segment is read back to one Keras layer (segment_layers)."""
+    names = [n.name for n in model.graph.node] + [i for n in model.graph.node for i in n.input[1:]]
+    seg_layer = segment_layers(names, set(keras_layers or ()) | set(layers))
     out = []
     for layer in layers:
-        pat = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/")
-        hits = [n.name for n in model.graph.node if pat.search(n.name) or any(pat.search(i) for i in n.input[1:])]
+        hits = [n.name for n in model.graph.node
+                if any(seg_layer.get(s) == layer for name in [n.name, *n.input[1:]] for s in name.split("/"))]
         if not hits:
             raise BadInput(f"{label}: [quantization] ignored_scope names layer '{layer}', which is not in the model")
         out += [h for h in hits if h not in out]
+    return out
+
+
+def segment_layers(names: list[str], layers: set[str]) -> dict[str, str]:
+    """Name segments ('block4_sepconv1_1' in '.../block4_sepconv1_1/separable_conv2d/...') ->
+    Keras layer. tf2onnx keeps TF's name scopes, which add '_<n>' to a layer's name when the
+    scope was taken: keras.applications' 'conv2d_1' is the scope of layer 'conv2d' while layer
+    'conv2d_1' became 'conv2d_1_2'. A segment that can only be one layer settles that layer;
+    a segment left with two readings is read as suffixed, as Keras's export suffixes them all."""
+    options: dict[str, set[str]] = {}
+    for name in names:
+        for seg in name.split("/"):
+            if seg not in options:
+                m = re.fullmatch(r"(.+)_\d+", seg)
+                found = ({seg} | ({m.group(1)} if m else set())) & layers
+                if found:
+                    options[seg] = found
+    settled = {next(iter(o)) for o in options.values() if len(o) == 1}
+    out = {}
+    for seg, found in options.items():
+        left = found - settled if len(found) > 1 else found
+        out[seg] = next(iter(left)) if len(left) == 1 else re.fullmatch(r"(.+)_\d+", seg).group(1)
     return out
 
 

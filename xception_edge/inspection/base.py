@@ -111,22 +111,30 @@ def finish(errors: list[LayerError], parts: dict[str, LayerPart]) -> list[LayerE
     return sorted(errors, key=lambda e: (e.sqnr_db, e.order))
 
 
-def blame(errors: list[LayerError]) -> list[str]:
-    """Keras layers that can be kept in float, most harmful first: by the SQNR the layer itself
-    loses (added_db; own_sqnr_db where a backend gives no input SQNR), each layer once."""
+def _noise(db: float | None) -> float:
+    """SQNR in dB -> noise power relative to the signal (0 for None)."""
+    return 0.0 if db is None else 10.0 ** (-db / 10.0)
 
-    def harm(e: LayerError) -> float:
-        if e.added_db is not None:
-            return e.added_db
-        if e.own_sqnr_db is not None:
-            return -e.own_sqnr_db
-        return -e.sqnr_db
 
+def harm(e: LayerError) -> float:
+    """How much noise a layer adds, relative to its signal: the larger of the noise it adds end
+    to end (noise/signal at its output minus at its input: catches an input range crushed by an
+    outlier channel, which a whole-tensor SQNR of the layer alone hides) and its own error from
+    the backend's tool (its weight and output rounding alone). Linear, not dB: going from 40 to
+    30 dB adds far less noise than going from 20 to 10 dB."""
+    added = _noise(e.sqnr_db) - _noise(e.input_sqnr_db) if e.input_sqnr_db is not None else 0.0
+    return max(added, _noise(e.own_sqnr_db), 0.0 if e.input_sqnr_db is not None or e.own_sqnr_db is not None else _noise(e.sqnr_db))
+
+
+def blame(errors: list[LayerError], already_float=()) -> list[str]:
+    """Keras layers that can be kept in float, most harmful first (``harm``), each once; layers
+    already in float are left out."""
+    skip = set(already_float)
     out: list[str] = []
     for e in sorted(errors, key=lambda e: (-harm(e), e.order)):
-        if e.keras_layer and e.keras_layer not in out:
+        if e.keras_layer and e.keras_layer not in out and e.keras_layer not in skip:
             out.append(e.keras_layer)
     return out
 
 
-__all__ = ["InspectContext", "LayerError", "SqnrAccumulator", "blame", "finish", "float_mac_share", "sqnr_db"]
+__all__ = ["InspectContext", "LayerError", "SqnrAccumulator", "blame", "harm", "finish", "float_mac_share", "sqnr_db"]

@@ -26,6 +26,10 @@ def open_context(artifact: Path, model: str, calibration: Path, workdir: Path, *
     profile = profile_from_dict(manifest["profile"], artifact / "manifest.json")
     cal = manifest.get("calibration") or {}
     src = source or load_source(model, unsafe=unsafe_model)
+    made_from = (manifest.get("source_model") or {}).get("sha256")
+    if made_from and src.sha256 != made_from:
+        raise BadInput(f"--model {model} (sha256 {src.sha256[:12]}…) is not the model {artifact} was converted from "
+                       f"({manifest['source_model'].get('spec')}, sha256 {made_from[:12]}…); pass that model")
     if src.keras_model is None:
         raise BadInput(f"--model {model} is a SavedModel without Keras layers; inspect needs the .keras/.h5 file to name layers")
     spec = PreprocessSpec.from_dict(manifest["preprocessing"])

@@ -66,7 +66,7 @@ def inspect_one(ctx) -> dict:
         "seconds": round(time.perf_counter() - t0, 2),
         "float_layers": list(ctx.profile.quantization.ignored_scope),
         "layers": [e.to_dict() for e in errors],
-        "blame": blame(errors),
+        "blame": blame(errors, ctx.profile.quantization.ignored_scope),
         "unmatched_weighted_layers": missing,
     }
 
