@@ -28,6 +28,10 @@ def test_demo_command_converts_every_target_and_compares(tmp_path):
         assert rows["litert-fp32"]["agreement"] == 1.0
         assert (tmp_path / "artifacts-report" / split / "report.html").is_file()
     assert (out / "arm64-litert-int8" / "manifest.json").is_file()
+    inspected = {a["target"]: a for a in payload["inspection"]["artifacts"]}
+    assert set(inspected) == {n for n in builtin_names() if n.endswith("-int8") and "dynamic" not in n}
+    assert all(a["unmatched_weighted_layers"] == [] and a["blame"] for a in inspected.values())
+    assert (tmp_path / "artifacts-report" / "inspect" / "inspect.html").is_file()
 
 
 def test_demo_calibration_list_is_committed_and_well_formed():

@@ -131,8 +131,9 @@ def _report_conversions(results, json_out) -> None:
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 @click.option("--tiny", is_flag=True, hidden=True, help="A small, quick demo variant (for tests).")
 def demo(out, cache, report, json_out, tiny):
-    """Build (or reuse) the demo dataset and model, convert it to every built-in target, and
-    evaluate each artifact against the Keras model on the held-out demo splits (val, val_hard)."""
+    """Build (or reuse) the demo dataset and model, convert it to every built-in target, evaluate
+    each artifact against the Keras model on the held-out demo splits (val, val_hard), and
+    inspect the int8 artifacts layer by layer (OUT-report/inspect/)."""
     from .demo_run import run_demo
 
     run_demo(out, cache, json_out, tiny=tiny, report=report)

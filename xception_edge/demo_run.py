@@ -1,5 +1,6 @@
-"""`xception-edge demo`: build or reuse the demo, convert it to every built-in target, and
-evaluate every artifact against the Keras model on the held-out demo splits (val, val_hard)."""
+"""`xception-edge demo`: build or reuse the demo, convert it to every built-in target, evaluate
+every artifact against the Keras model on the held-out demo splits (val, val_hard), and inspect
+the int8 artifacts layer by layer."""
 
 from __future__ import annotations
 
@@ -56,18 +57,28 @@ def run_demo(out: Path, cache: Path | None, json_out: str | None, *, tiny: bool 
         ))
         if json_out != "-":
             print_report(evaluations[split])
+    # Which layers each int8 backend quantizes worst, measured with the backend's own tool.
+    from .inspection.report import print_inspect, write_inspect
+    from .inspection.run import InspectRequest, run_inspect
+
+    inspection = run_inspect(InspectRequest(artifacts=Path(out), model=str(demo.model), calibration=calibration,
+                                            calibration_root=demo.data / "train", num_images=8 if tiny else 32))
+    write_inspect(inspection, report / "inspect", top=10)
+    if json_out != "-":
+        print_inspect(inspection, top=5)
     if json_out:
         import dataclasses
 
         payload = {"demo": {"model": str(demo.model), "stats": stats}, "conversions": [dataclasses.asdict(r) for r in results],
-                   "evaluations": evaluations}
+                   "evaluations": evaluations, "inspection": inspection}
         text = json.dumps(payload, indent=2, default=str)
         if json_out == "-":
             print(text)
         else:
             Path(json_out).write_text(text + "\n", encoding="utf-8")
     if json_out != "-":
-        console.info(f"artifacts in {Path(out).resolve()}; reports in {report.resolve()}/{{val,val_hard}}/report.html")
+        console.info(f"artifacts in {Path(out).resolve()}; reports in {report.resolve()}/{{val,val_hard}}/report.html "
+                     f"and {report.resolve()}/inspect/inspect.html")
     failed = [r.target for r in results if not r.ok]
     if failed:
         import click

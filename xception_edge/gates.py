@@ -157,6 +157,10 @@ def inspect_hints(report: dict, results: list[GateResult]) -> list[str]:
         try:
             manifest = json.loads((Path(row["path"]) / "manifest.json").read_text(encoding="utf-8"))
             calib = (manifest.get("calibration") or {}).get("source") or calib
+            if Path(calib).is_file():  # a list file: its paths are relative to the root calibration.txt records
+                header = (Path(row["path"]) / "calibration.txt").read_text(encoding="utf-8").splitlines()[:3]
+                root = next((h.split(":", 1)[1].strip() for h in header if h.startswith("# root:")), None)
+                calib += f" --calibration-root {root}" if root and Path(root) != Path(calib).parent else ""
         except (OSError, KeyError, TypeError, ValueError):
             pass
         out.append(f"{row['target']}: to see which layers are to blame, run: xception-edge inspect {row['path']} "
