@@ -6,8 +6,10 @@ import numpy as np
 
 
 def topk_hits(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Whether each label is among the k highest classes. Ties (common in int8 outputs, whose
+    probabilities are multiples of 1/256) go to the lower class index, as argmax does."""
     k = min(k, probs.shape[-1])
-    top = np.argsort(-probs, axis=-1)[:, :k]
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     return (top == labels[:, None]).any(axis=-1)
 
 

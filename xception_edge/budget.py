@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import console
+from .accuracy import topk_hits
 from .calibration import sha256_file
 from .errors import BadInput, ConversionFailed
 from .inspection.layers import float_mac_share, layer_parts
@@ -39,7 +40,7 @@ class Validation:
     sha256: list[str]
 
     def top1(self, probs: np.ndarray) -> float:
-        return float(np.mean(np.argmax(probs, axis=-1) == self.labels))
+        return float(np.mean(topk_hits(probs, self.labels, 1)))  # as evaluate scores it
 
 
 def load_validation(path: Path, labels: list[str], spec: PreprocessSpec, src) -> Validation:
@@ -52,7 +53,7 @@ def load_validation(path: Path, labels: list[str], spec: PreprocessSpec, src) ->
     if failed:
         raise BadInput(f"--validation {path}: {len(failed)} image(s) cannot be decoded, e.g. {failed[0]}; remove them")
     targets = np.array(data.targets, dtype=np.int64)
-    fp32 = float(np.mean(np.argmax(src.predict(images), -1) == targets))
+    fp32 = float(np.mean(topk_hits(src.predict(images), targets, 1)))
     console.info(f"--validation: {len(images)} labelled images of {data.origin}; Keras fp32 top-1 {fp32:.2%}")
     return Validation(data.origin, list(data.files), targets, images, fp32, [sha256_file(f) for f in data.files])
 
@@ -108,7 +109,7 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
 
     ctx = InspectContext(stage, manifest, profile, src, calib, calib.images[:MEASURE_IMAGES], workdir, parts)
     ranked = blame(finish(backend_module(profile.backend.value).measure(ctx), parts), base_scope)
-    console.info(f"[{profile.name}] over budget; layers losing the most SQNR: {', '.join(ranked[:5])}")
+    console.info(f"[{profile.name}] over budget; most harmful layers (inspect's ranking): {', '.join(ranked[:5])}")
     fitting = [k for k in _sizes(len(ranked)) if float_mac_share(parts, base_scope + tuple(ranked[:k])) <= limit]
     best = (drop, list(base_scope))
     for k in fitting:
