@@ -59,35 +59,39 @@ def markdown(result: dict, top: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict) -> str:
-    """SQNR per layer along the network, one line per artifact; the five most harmful layers marked."""
+def plot(result: dict, marked: int = 3) -> str:
+    """SQNR per layer along the network, one panel per artifact (same x: the Keras layer order);
+    depthwise layers dotted, the ``marked`` most harmful layers circled and named."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report_html import _BACKEND_COLOURS, _png
+    from ..report_html import _BACKEND_COLOURS, _label_points, _png
 
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    for a in result["artifacts"]:
+    arts = [a for a in result["artifacts"] if any(e["order"] < 10**9 for e in a["layers"])]
+    fig, axes = plt.subplots(len(arts), 1, figsize=(11, 2.3 * len(arts) + 0.6), sharex=True, squeeze=False)
+    for ax, a in zip(axes[:, 0], arts):
         pts = sorted((e for e in a["layers"] if e["order"] < 10**9), key=lambda e: e["order"])
-        if not pts:
-            continue
-        colour = _BACKEND_COLOURS.get(a["backend"])
-        xs = [e["order"] for e in pts]
-        ax.plot(xs, [e["sqnr_db"] for e in pts], "-", color=colour, lw=1.2, alpha=0.8, label=a["target"])
-        bad = set(a["blame"][:5])
-        marked = [e for e in pts if e["kind"] in ("depthwise",) or (e["layer"] or "").split("/")[0] in bad]
-        for e in marked:
-            hit = (e["layer"] or "").split("/")[0] in bad
-            ax.plot(e["order"], e["sqnr_db"], "o" if hit else ".", color=colour, ms=7 if hit else 3)
-            if hit:
-                ax.annotate(e["layer"], (e["order"], e["sqnr_db"]), xytext=(3, -10), textcoords="offset points", fontsize=7)
-    ax.set_xlabel("layer (network order)")
-    ax.set_ylabel("SQNR vs fp32 (dB, higher is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Quantization error along the network (dots: depthwise; circles: the 5 most harmful layers)", fontsize=10)
+        colour = _BACKEND_COLOURS.get(a["backend"], "#444")
+        ax.plot([e["order"] for e in pts], [e["sqnr_db"] for e in pts], "-", color=colour, lw=1.3)
+        dw = [e for e in pts if e["kind"] == "depthwise"]
+        ax.plot([e["order"] for e in dw], [e["sqnr_db"] for e in dw], ".", color=colour, ms=4)
+        bad = a["blame"][:marked]
+        worst = {}
+        for e in pts:  # each blamed layer at its worst part
+            layer = (e["layer"] or "").split("/")[0]
+            if layer in bad and (layer not in worst or e["sqnr_db"] < worst[layer]["sqnr_db"]):
+                worst[layer] = e
+        ax.plot([e["order"] for e in worst.values()], [e["sqnr_db"] for e in worst.values()], "o", mfc="none", mec="#c00", ms=9)
+        ax.set_ylabel("SQNR dB")
+        ax.set_title(f"{a['target']} ({a['backend']})", fontsize=9, loc="left")
+        ax.grid(alpha=0.3)
+        _label_points(fig, ax, [(e["order"], e["sqnr_db"], {"name": layer}) for layer, e in worst.items()])
+    axes[-1, 0].set_xlabel("layer (network order)")
+    fig.suptitle(f"SQNR vs fp32 along the network (higher is better; dots: depthwise; circled: the {marked} most harmful layers)",
+                 fontsize=10)
+    fig.tight_layout()
     return _png(fig)
 
 
