@@ -40,6 +40,7 @@ def test_validation_overlapping_calibration_warns_or_fails_with_strict(small_mod
     r = run(*args, "--json")
     assert r.exit_code == 0, r.output
     assert "also calibration images" in r.stderr
+    assert "under 3 images' worth" not in r.stderr  # 100 pp is a coarse budget
     manifest = json.loads((tmp_path / "out" / "x86-onnxruntime-int8" / "manifest.json").read_text())
     budget = manifest["accuracy_budget"]
     assert budget["max_drop_pp"] == 100 and budget["float_layers"] == [] and budget["validation_images"] == 120
@@ -65,6 +66,7 @@ def test_max_drop_repairs_an_outlier_channel(outlier_model, tmp_path, target):
     manifest = json.loads((tmp_path / "fixed" / target / "manifest.json").read_text())
     budget = manifest["accuracy_budget"]
     assert budget["attempts"][0]["drop_pp"] > 5 and budget["attempts"][0]["float_layers"] == []
+    assert "--max-drop 5 pp is under 3 images' worth of the 30 --validation images" in r.stderr  # 1 image = 3.33 pp
     assert budget["float_layers"] == res["float_layers"]
     assert "block3_sepconv1" in manifest["profile"]["quantization"]["ignored_scope"]
     assert manifest["verification"]["agreement"] >= 0.9

@@ -73,6 +73,14 @@ def check_overlap(validation: Validation, calib, *, strict: bool) -> None:
     console.warn(msg)
 
 
+def check_resolution(validation: Validation, max_drop: float) -> None:
+    """A budget of fewer than 3 validation images measures noise: re-conversions move top-1 by an image or two."""
+    step = 100.0 / len(validation.files)
+    if max_drop < 3 * step:
+        console.warn(f"--max-drop {max_drop:g} pp is under 3 images' worth of the {len(validation.files)} --validation images "
+                     f"(one image = {step:.2f} pp): drops that small are noise; use more validation images or a larger budget")
+
+
 def drop_pp(validation: Validation, runtime) -> float:
     return 100.0 * (validation.fp32_top1 - validation.top1(runtime.predict(validation.images)))
 

@@ -163,12 +163,13 @@ def run_convert(req: ConvertRequest) -> list[TargetResult]:
 
     validation = None
     if req.max_drop is not None:
-        from .budget import check_overlap, load_validation
+        from .budget import check_overlap, check_resolution, load_validation
 
         if src.keras_model is None:
             raise BadInput(f"--max-drop needs a Keras model (.keras/.h5) to name the layers it keeps in float; {req.model} is a SavedModel")
         validation = load_validation(req.validation, labels, spec, src)
         check_overlap(validation, calib, strict=req.strict)
+        check_resolution(validation, req.max_drop)
 
     results = []
     common = {
