@@ -84,3 +84,13 @@ def test_unreachable_budget_fails_with_the_best_drop(outlier_model, tmp_path):
     assert "tight-ort: top-1 drop stays above the budget of 5 pp" in r.output and "best" in r.output
     assert "max_float_mac_share 0.001" in r.output
     assert not (tmp_path / "out" / "tight-ort").exists()
+
+
+def test_budget_applies_to_float_targets_without_repair(small_model, tmp_path):
+    """fp32 targets are measured too (0 pp here) and recorded; nothing to keep in float."""
+    model, train, val = small_model
+    r = run("convert", "--model", model, "--target", "litert-fp32", "--calibration", train, "--out", tmp_path / "out",
+            "--max-drop", "10", "--validation", val, "--json")
+    assert r.exit_code == 0, r.output
+    budget = json.loads((tmp_path / "out" / "litert-fp32" / "manifest.json").read_text())["accuracy_budget"]
+    assert budget["drop_pp"] == 0 and budget["float_layers"] == [] and len(budget["attempts"]) == 1

@@ -1,13 +1,13 @@
 """Accuracy-aware conversion (`convert --max-drop PP --validation DIR`): one rule for every backend.
 
-After an int8 conversion, top-1 on the labelled validation images is compared with the Keras
-model's. While the drop exceeds the budget, the Keras layers with the worst own quantization error
-(measured by `inspect`'s backend module on the artifact just built, `inspection.base.blame`) are kept in float, in
-growing sets (1, 2, 4, ... layers), and the target is converted again: the backend keeps them
-float its own way (LiteRT denylist, OpenVINO/NNCF ignored scope, ONNX Runtime nodes_to_exclude).
-The float layers may hold at most the profile's ``max_float_mac_share`` of the model's MACs;
-when the budget cannot be met within it, conversion fails, saying the best drop reached.
-"""
+After each conversion, top-1 on the labelled validation images is compared with the Keras
+model's (every precision is measured; only int8 can be repaired). While an int8 artifact's drop
+exceeds the budget, the most harmful Keras layers (measured by `inspect`'s backend module on the
+artifact just built, ranked by `inspection.base.blame`) are kept in float, in growing sets
+(1, 2, 4, ... layers), and the target is converted again: the backend keeps them float its own
+way (LiteRT denylist, OpenVINO/NNCF ignored scope, ONNX Runtime nodes_to_exclude). The float
+layers may hold at most the profile's ``max_float_mac_share`` of the model's MACs; when the
+budget cannot be met within it, conversion fails, saying the best drop reached."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .calibration import sha256_file
 from .errors import BadInput, ConversionFailed
 from .inspection.layers import float_mac_share, layer_parts
 from .preprocess import PreprocessSpec, load_images
-from .types import TargetProfile
+from .types import Precision, TargetProfile
 
 MEASURE_IMAGES = 32  # calibration images the per-layer ranking is measured on
 
@@ -114,6 +114,11 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
     if drop <= max_drop:
         return manifest, result, {**record, "drop_pp": round(drop, 3), "float_layers": list(base_scope),
                                   "float_mac_share": attempts[0]["float_mac_share"], "attempts": attempts}
+    if profile.precision is not Precision.INT8:
+        raise ConversionFailed(
+            f"{profile.name}: top-1 drop {drop:.2f} pp on {validation.origin} is over the budget of {max_drop:g} pp, and a "
+            f"{profile.precision.value} artifact has no int8 layers to keep in float; raise --max-drop or choose another "
+            "precision; the artifact was not written")
 
     ctx = InspectContext(stage, manifest, profile, src, calib, calib.images[:MEASURE_IMAGES], workdir, parts)
     ranked = blame(finish(backend_module(profile.backend.value).measure(ctx), parts), base_scope)

@@ -25,7 +25,7 @@ from .model_io import KerasXceptionOptions, SourceModel, load_source, resolve_la
 from .preprocess import PreprocessSpec, load_images
 from .runtime import open_artifact
 from .targets import resolve_targets
-from .types import Precision, TargetProfile
+from .types import TargetProfile
 from .verify import VerifyResult, is_undecided, verify
 
 
@@ -246,7 +246,7 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
     try:
         with staged_dir(final, force=req.force) as stage:
             budget = None
-            if validation is not None and profile.precision is Precision.INT8:
+            if validation is not None:
                 from .budget import keep_within_budget
 
                 def build(p):
