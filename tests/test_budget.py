@@ -68,7 +68,11 @@ def test_max_drop_repairs_an_outlier_channel(outlier_model, tmp_path, target):
     assert budget["attempts"][0]["drop_pp"] > 5 and budget["attempts"][0]["float_layers"] == []
     assert "--max-drop 5 pp is under 3 images' worth of the 30 --validation images" in r.stderr  # 1 image = 3.33 pp
     assert budget["float_layers"] == res["float_layers"]
-    assert "block3_sepconv1" in manifest["profile"]["quantization"]["ignored_scope"]
+    if target == "x86-openvino-int8":  # NNCF's own accuracy control made the artifact
+        assert budget["method"] == "nncf.quantize_with_accuracy_control"
+        assert "block3_sepconv1" in manifest["conversion"]["nncf"]["accuracy_control"]["float_layers"]
+    else:  # the layers kept float by name: converting with this profile again reproduces the artifact
+        assert "block3_sepconv1" in manifest["profile"]["quantization"]["ignored_scope"]
     assert manifest["verification"]["agreement"] >= 0.9
 
 

@@ -5,7 +5,9 @@ model's (every precision is measured; only int8 can be repaired). While an int8 
 exceeds the budget, the most harmful Keras layers (measured by `inspect`'s backend module on the
 artifact just built, ranked by `inspection.base.blame`) are kept in float, in growing sets
 (1, 2, 4, ... layers), and the target is converted again: the backend keeps them float its own
-way (LiteRT denylist, OpenVINO/NNCF ignored scope, ONNX Runtime nodes_to_exclude). The float
+way (LiteRT denylist, OpenVINO/NNCF ignored scope, ONNX Runtime nodes_to_exclude). OpenVINO
+first tries NNCF's own accuracy control (``quantize_with_accuracy_control``: it ranks quantizers
+by the metric and its model is kept when our f32 measurement agrees). The float
 layers may hold at most the profile's ``max_float_mac_share`` of the model's MACs; when the
 budget cannot be met within it, conversion fails, saying the best drop reached."""
 
@@ -23,7 +25,7 @@ from .calibration import sha256_file
 from .errors import BadInput, ConversionFailed
 from .inspection.layers import float_mac_share, layer_parts
 from .preprocess import PreprocessSpec, load_images
-from .types import Precision, TargetProfile
+from .types import Backend, Precision, TargetProfile
 
 MEASURE_IMAGES = 32  # calibration images the per-layer ranking is measured on
 
@@ -109,7 +111,7 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
                  "drop_pp": round(drop, 3)}]
     console.info(f"[{profile.name}] accuracy budget: top-1 drop {drop:.2f} pp on {len(validation.files)} validation images "
                  f"(budget {max_drop:g} pp)")
-    record = {"max_drop_pp": max_drop, "validation": validation.origin, "validation_images": len(validation.files),
+    record = {"method": "layers ranked by inspect, kept in float by the backend", "max_drop_pp": max_drop, "validation": validation.origin, "validation_images": len(validation.files),
               "fp32_top1": round(validation.fp32_top1, 6), "max_float_mac_share": limit}
     if drop <= max_drop:
         return manifest, result, {**record, "drop_pp": round(drop, 3), "float_layers": list(base_scope),
@@ -125,12 +127,18 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
     console.info(f"[{profile.name}] over budget; most harmful layers (inspect's ranking): {', '.join(ranked[:5])}")
     fitting = [k for k in _sizes(len(ranked)) if float_mac_share(parts, base_scope + tuple(ranked[:k])) <= limit]
     best = (drop, list(base_scope))
+    if profile.backend is Backend.OPENVINO:
+        built = _nncf_accuracy_control(profile, max_drop, validation, parts, build, stage, attempts, record)
+        if built is not None:
+            return built
+        scope = attempts[-1]["float_layers"]
+        if attempts[-1]["drop_pp"] < best[0] and attempts[-1]["float_mac_share"] <= limit:
+            best = (attempts[-1]["drop_pp"], scope)
     for k in fitting:
         scope = base_scope + tuple(ranked[:k])
         share = float_mac_share(parts, scope)
         trial = dataclasses.replace(profile, quantization=dataclasses.replace(profile.quantization, ignored_scope=scope))
-        for child in stage.iterdir():  # the previous attempt's files
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        _clear(stage)
         manifest, runtime, result = build(trial)
         drop = drop_pp(validation, runtime)
         attempts.append({"float_layers": list(scope), "float_mac_share": round(share, 6), "drop_pp": round(drop, 3)})
@@ -147,3 +155,31 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
         f"max_float_mac_share {limit:g}; raise --max-drop or max_float_mac_share in the profile, or improve calibration; "
         "the artifact was not written"
     )
+
+
+def _clear(stage: Path) -> None:
+    """Remove the previous attempt's files from the staging folder."""
+    for child in stage.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _nncf_accuracy_control(profile, max_drop, validation: Validation, parts, build, stage: Path, attempts: list, record: dict):
+    """OpenVINO's own accuracy-aware quantization first: NNCF ranks quantizers by the metric itself
+    and reverts as few as it can; its model becomes the artifact if our f32 measurement agrees and
+    its float layers fit the MAC limit. Otherwise the SQNR-ranked loop goes on (None)."""
+    from .convert.openvino import AccuracyControl
+
+    _clear(stage)
+    ac = AccuracyControl(validation.images, validation.labels, max_drop)
+    manifest, runtime, result = build(profile, accuracy_control=ac)
+    drop = drop_pp(validation, runtime)
+    layers = list(profile.quantization.ignored_scope) + manifest["conversion"]["nncf"]["accuracy_control"]["float_layers"]
+    share = float_mac_share(parts, layers)
+    attempts.append({"method": "nncf.quantize_with_accuracy_control", "float_layers": layers,
+                     "float_mac_share": round(share, 6), "drop_pp": round(drop, 3)})
+    console.info(f"[{profile.name}] NNCF accuracy control: {len(layers)} layer(s) in float ({share:.1%} of MACs): "
+                 f"top-1 drop {drop:.2f} pp")
+    if drop <= max_drop and share <= profile.quantization.max_float_mac_share:
+        return manifest, result, {**record, "method": "nncf.quantize_with_accuracy_control", "drop_pp": round(drop, 3),
+                                  "float_layers": layers, "float_mac_share": round(share, 6), "attempts": attempts}
+    return None

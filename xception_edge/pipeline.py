@@ -189,11 +189,13 @@ def run_convert(req: ConvertRequest) -> list[TargetResult]:
     return results
 
 
-def _build(profile, src: SourceModel, calib, stage: Path, workdir: Path, common: dict, check) -> tuple[dict, object, VerifyResult | None]:
-    """Convert into ``stage``; the manifest (not yet written), the opened artifact, the verification."""
+def _build(profile, src: SourceModel, calib, stage: Path, workdir: Path, common: dict, check,
+           **options) -> tuple[dict, object, VerifyResult | None]:
+    """Convert into ``stage`` (``options``: backend-specific converter keywords); the manifest (not
+    yet written), the opened artifact, the verification."""
     images, reference, images_from = check
     t0 = time.perf_counter()
-    converted = converter_for(profile.backend)(src, profile, calib, stage, workdir)
+    converted = converter_for(profile.backend)(src, profile, calib, stage, workdir, **options)
     seconds = time.perf_counter() - t0
     (stage / "labels.txt").write_text("\n".join(common["labels"]) + "\n", encoding="utf-8")
     if calib is not None:
@@ -249,8 +251,8 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
             if validation is not None:
                 from .budget import keep_within_budget
 
-                def build(p):
-                    return _build(p, src, calib, stage, workdir, common, check)
+                def build(p, **options):
+                    return _build(p, src, calib, stage, workdir, common, check, **options)
 
                 manifest, result, budget = keep_within_budget(profile, req.max_drop, validation, src, calib, build, stage, workdir)
             else:

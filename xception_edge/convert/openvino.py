@@ -11,6 +11,7 @@ can name Keras layers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
 import sys
@@ -34,7 +35,18 @@ CPU_INFERENCE_PRECISION = "f32"
 _WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
 
 
-def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | None, stage: Path, workdir: Path) -> ConvertedModel:
+@dataclasses.dataclass(frozen=True)
+class AccuracyControl:
+    """`convert --max-drop` for OpenVINO: quantize with nncf.quantize_with_accuracy_control, which
+    reverts the quantizers whose removal restores the most top-1 on these labelled images."""
+
+    images: np.ndarray  # (N, H, W, 3) preprocessed
+    labels: np.ndarray  # (N,) class indices
+    max_drop_pp: float
+
+
+def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | None, stage: Path, workdir: Path,
+            *, accuracy_control: AccuracyControl | None = None) -> ConvertedModel:
     ov = frameworks.openvino()
     precision = profile.precision
     if precision is Precision.INT8 and (calib is None or len(calib) == 0):
@@ -45,7 +57,7 @@ def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | No
     details: dict = {"cpu_inference_precision": CPU_INFERENCE_PRECISION, "keras_layers_named": len(layer_ops)}
     if precision is Precision.INT8:
         ignored = resolve_ignored_scope(profile, model, layer_ops, src)
-        model, qdetails = _quantize(model, profile, calib, ignored)
+        model, qdetails = _quantize(model, profile, calib, ignored, accuracy_control, layer_ops)
         tools["nncf"] = frameworks.nncf().__version__
         details.update(qdetails)
     compress = precision is Precision.FP16
@@ -88,7 +100,7 @@ def _nncf_progress_to_stderr():
             yield
 
 
-def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: list[str]):
+def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: list[str], accuracy_control=None, layer_ops=None):
     nncf = frameworks.nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
@@ -99,22 +111,54 @@ def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: lis
         "preset": nncf.QuantizationPreset(q.preset),
         "subset_size": subset,
         "fast_bias_correction": q.fast_bias_correction,
-        "advanced_parameters": advanced,
     }
     if ignored:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
-    console.info(f"[{profile.name}] NNCF int8 quantization: {q.preset} preset, statistics from {subset} calibration images")
     dataset = nncf.Dataset(_CalibrationData(calib))
     with _nncf_progress_to_stderr():
         try:
-            quantized = nncf.quantize(model, dataset, **kwargs)
+            if accuracy_control is None:
+                console.info(f"[{profile.name}] NNCF int8 quantization: {q.preset} preset, statistics from {subset} calibration images")
+                quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
+            else:
+                quantized = _with_accuracy_control(nncf, model, dataset, accuracy_control, profile.name,
+                                                   advanced_quantization_parameters=advanced, **kwargs)
+        except ConversionFailed:
+            raise
         except Exception as exc:
-            raise ConversionFailed(f"{profile.name}: nncf.quantize failed: {str(exc).splitlines()[0][:300]}") from None
+            what = "nncf.quantize" if accuracy_control is None else "nncf.quantize_with_accuracy_control"
+            raise ConversionFailed(f"{profile.name}: {what} failed: {str(exc).splitlines()[0][:300]}") from None
     details = {
         "nncf": {"preset": q.preset, "subset_size": subset, "fast_bias_correction": q.fast_bias_correction,
                  "per_channel_weights": profile.per_channel, "ignored_scope": ignored},
     }
+    if accuracy_control is not None:
+        op_layer = {op: layer for layer, ops in (layer_ops or {}).items() for op in ops}
+        reverted = [op.get_friendly_name() for op in quantized.get_ordered_ops()
+                    if op.get_type_name() in _WEIGHTED_OPS and weight_type(op) not in ("i8", "u8")
+                    and op.get_friendly_name() not in ignored]
+        layers = list(dict.fromkeys(op_layer[n] for n in reverted if n in op_layer))
+        details["nncf"]["accuracy_control"] = {"max_drop_pp": accuracy_control.max_drop_pp, "float_ops": reverted,
+                                               "float_layers": layers}
     return quantized, details
+
+
+def _with_accuracy_control(nncf, model, dataset, ac: AccuracyControl, name: str, **kwargs):
+    """nncf.quantize_with_accuracy_control, validating top-1 (ties to the lower class, as evaluate
+    scores it) on the labelled images; NNCF compiles what it validates in f32."""
+    from ..accuracy import topk_hits
+
+    items = [(ac.images[i : i + 1], int(ac.labels[i])) for i in range(len(ac.labels))]
+
+    def validate(compiled, data):
+        data = list(data)
+        probs = np.concatenate([np.asarray(compiled(x)[0]) for x, _ in data])
+        hits = topk_hits(probs, np.array([y for _, y in data]), 1).astype(np.float64)
+        return float(hits.mean()), [float(h) for h in hits]
+
+    console.info(f"[{name}] nncf.quantize_with_accuracy_control: top-1 drop at most {ac.max_drop_pp:g} pp on {len(items)} images")
+    return nncf.quantize_with_accuracy_control(model, dataset, nncf.Dataset(items), validate, max_drop=ac.max_drop_pp / 100.0,
+                                               drop_type=nncf.DropType.ABSOLUTE, **kwargs)
 
 
 def resolve_ignored_scope(profile: TargetProfile, model, layer_ops: dict[str, list[str]], src: SourceModel) -> list[str]:
