@@ -39,7 +39,7 @@ def print_inspect(result: dict, top: int) -> None:
         for i, e in enumerate(worst(a, top), 1):
             t.add_row(*cells(i, e))
         con.print(t)
-        con.print(f"  • most harmful (worst own error; kept in float first by --max-drop): {', '.join(a['blame'][:5]) or '—'}", highlight=False)
+        con.print(f"  • most harmful (most noise added; kept in float first by --max-drop): {', '.join(a['blame'][:5]) or '—'}", highlight=False)
         if a["float_layers"]:
             con.print(f"  • kept in float by the profile: {', '.join(a['float_layers'])}", highlight=False)
         if a["unmatched_weighted_layers"]:
@@ -50,7 +50,8 @@ def markdown(result: dict, top: int) -> str:
     lines = [f"# Per-layer quantization error: {result['model']}", "",
              f"Calibration: `{result['calibration']}`. SQNR = 10·log10(Σfp32² / Σ(fp32 − int8)²) at each layer's output, "
              "both models fed the same images; *lost here* = SQNR at the layer's input minus at its output; "
-             "*own* = the layer's error on its own, from the backend's tool, which ranks the layers to blame.", ""]
+             "*own* = the layer's error on its own, from the backend's tool. The most harmful layers add the most "
+             "noise relative to their signal: the larger of the noise added across the layer and its own.", ""]
     for a in result["artifacts"]:
         lines += [f"## {a['target']} ({a['backend']})", "", f"{a['images']} images, {a['tool']}, {a['seconds']} s.", "",
                   "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
