@@ -97,8 +97,9 @@ def _sizes(n: int) -> list[int]:
 
 def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Validation, src, calib, build, stage: Path,
                        workdir: Path) -> tuple[dict, object, dict]:
-    """``build(profile) -> (manifest, runtime, verify_result)`` converts into ``stage``; returns the
-    (manifest, verify_result, budget record) of the first conversion within budget."""
+    """``build(profile, **converter_options) -> (manifest, runtime, verify_result)`` converts into
+    ``stage``; returns the (manifest, verify_result, budget record) of the first conversion within
+    budget, or raises ConversionFailed with the best drop reached."""
     from .inspection import backend_module
     from .inspection.base import InspectContext, blame, finish
 
@@ -111,7 +112,8 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
                  "drop_pp": round(drop, 3)}]
     console.info(f"[{profile.name}] accuracy budget: top-1 drop {drop:.2f} pp on {len(validation.files)} validation images "
                  f"(budget {max_drop:g} pp)")
-    record = {"method": "layers ranked by inspect, kept in float by the backend", "max_drop_pp": max_drop, "validation": validation.origin, "validation_images": len(validation.files),
+    record = {"method": "layers ranked by inspect, kept in float by the backend", "max_drop_pp": max_drop,
+              "validation": validation.origin, "validation_images": len(validation.files),
               "fp32_top1": round(validation.fp32_top1, 6), "max_float_mac_share": limit}
     if drop <= max_drop:
         return manifest, result, {**record, "drop_pp": round(drop, 3), "float_layers": list(base_scope),
@@ -131,9 +133,9 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
         built = _nncf_accuracy_control(profile, max_drop, validation, parts, build, stage, attempts, record)
         if built is not None:
             return built
-        scope = attempts[-1]["float_layers"]
-        if attempts[-1]["drop_pp"] < best[0] and attempts[-1]["float_mac_share"] <= limit:
-            best = (attempts[-1]["drop_pp"], scope)
+        nncf_try = attempts[-1]
+        if nncf_try["drop_pp"] < best[0] and nncf_try["float_mac_share"] <= limit:
+            best = (nncf_try["drop_pp"], nncf_try["float_layers"])
     for k in fitting:
         scope = base_scope + tuple(ranked[:k])
         share = float_mac_share(parts, scope)
