@@ -41,7 +41,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def check_writable_dir(out: Path) -> Path:
+def check_writable_dir(out: Path, option: str = "--out") -> Path:
     """Create ``out`` if needed and prove we can write there; a one-line error otherwise."""
     out = Path(out)
     try:
@@ -50,7 +50,7 @@ def check_writable_dir(out: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise BadInput(f"--out {out} is not writable ({exc.strerror or exc}); choose a writable folder") from None
+        raise BadInput(f"{option} {out} is not writable ({exc.strerror or exc}); choose a writable folder") from None
     return out
 
 

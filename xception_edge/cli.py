@@ -258,7 +258,7 @@ def inspect(artifacts, model, calibration, calibration_root, num_images, top, re
         from .errors import BadInput
 
         raise BadInput(f"--top {top} must be at least 1")
-    check_writable_dir(report)
+    check_writable_dir(report, "--report")
     result = run_inspect(InspectRequest(artifacts=artifacts, model=model, calibration=calibration,
                                         calibration_root=calibration_root, num_images=num_images, unsafe_model=unsafe_model))
     files = write_inspect(result, report, top)

@@ -16,9 +16,11 @@ from .layers import layer_parts
 
 
 def open_context(artifact: Path, model: str, calibration: Path, workdir: Path, *, num_images: int = 32,
-                 calibration_root: Path | None = None, unsafe_model: bool = False, source=None) -> InspectContext:
+                 calibration_root: Path | None = None, unsafe_model: bool = False, source=None,
+                 decoded: dict | None = None) -> InspectContext:
     """Read the artifact, load ``model`` (or reuse ``source``), and decode the calibration sample
-    the artifact was made with (same source, seed and count: a re-quantization reproduces it)."""
+    the artifact was made with (same source, seed and count: a re-quantization reproduces it).
+    ``decoded`` keeps decoded samples across the artifacts of one run, so each is decoded once."""
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     if manifest.get("precision") != "int8":
@@ -36,7 +38,11 @@ def open_context(artifact: Path, model: str, calibration: Path, workdir: Path, *
     if (src.height, src.width) != (spec.height, spec.width):
         raise BadInput(f"--model {model} takes {src.height}x{src.width} images but {artifact} was converted at "
                        f"{spec.height}x{spec.width}; pass the model the artifact was converted from")
-    calib = build_calibration(open_source(calibration, calibration_root), spec, int(cal.get("count") or 300), int(cal.get("seed") or 0))
+    key = (spec, int(cal.get("count") or 300), int(cal.get("seed") or 0))
+    decoded = {} if decoded is None else decoded
+    if key not in decoded:
+        decoded[key] = build_calibration(open_source(calibration, calibration_root), *key)
+    calib = decoded[key]
     if cal.get("list_sha256") and calib.summary()["list_sha256"] != cal["list_sha256"]:
         from .. import console
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 

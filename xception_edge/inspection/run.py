@@ -75,11 +75,12 @@ def run_inspect(req: InspectRequest) -> dict:
     if req.num_images < 1:
         raise BadInput(f"--num-images {req.num_images} must be at least 1")
     folders = int8_artifacts(req.artifacts)
-    results, src = [], None
+    results, src, decoded = [], None, {}
     with tempfile.TemporaryDirectory(prefix="xception-edge-inspect-") as workdir:  # exports shared by every artifact
         for folder in folders:
             ctx = open_context(folder, req.model, req.calibration, Path(workdir), num_images=req.num_images,
-                               calibration_root=req.calibration_root, unsafe_model=req.unsafe_model, source=src)
+                               calibration_root=req.calibration_root, unsafe_model=req.unsafe_model, source=src,
+                               decoded=decoded)
             src = ctx.source
             console.info(f"[{ctx.manifest['target']}] inspecting {len(ctx.parts)} layers on {len(ctx.images)} images "
                          f"({TOOLS.get(ctx.manifest['backend'], '')})")
