@@ -95,3 +95,94 @@ def test_sample_order_without_classes_is_a_permutation(tmp_path):
     src = open_source(root)
     assert src.classes is None
     assert sorted(sample_order(src, 1)) == list(range(7))
+
+
+def test_duplicate_list_lines_are_used_once_with_a_warning(image_folder, tmp_path, capsys):
+    lst = tmp_path / "dup.txt"
+    lst.write_text("a/a_000.png\n" * 30 + "b/b_001.png\na/./a_000.png\nc/../b/b_001.png\nc/c_002.png\n")
+    src = open_source(lst, image_folder)
+    assert [src.rel(f) for f in src.files] == ["a/a_000.png", "b/b_001.png", "c/c_002.png"]
+    err = capsys.readouterr().err
+    assert "31 duplicate line(s) in" in err and "each image used once" in err and "first on line 1" in err
+
+
+def test_a_labelled_list_names_each_image_once(image_folder, capsys):
+    from xception_edge.dataset import labelled_images
+
+    lst = image_folder / "val.txt"
+    lst.write_text("a/a_000.png a\nb/b_000.png b\na/a_000.png a\n")
+    data = labelled_images(lst, ["a", "b", "c"])
+    assert data.keys == ["a/a_000.png", "b/b_000.png"] and data.targets == (0, 1)
+    assert "1 duplicate line(s)" in capsys.readouterr().err
+    lst.write_text("a/a_000.png a\nb/b_000.png b\na/a_000.png c\n")
+    with pytest.raises(BadInput, match=r"val\.txt:3: 'a/a_000\.png' is listed again \(first on line 1\) with label 'c', not 'a'"):
+        labelled_images(lst, ["a", "b", "c"])
+    lst.write_text(f"{'0' * 64}  a/a_000.png\n{'1' * 64}  a/a_000.png\n")
+    with pytest.raises(BadInput, match="different sha256"):
+        open_source(lst)
+
+
+def test_a_reused_calibration_list_fails_when_an_image_no_longer_decodes(image_folder, tmp_path, capsys):
+    cal = build_calibration(open_source(image_folder), SPEC, 12, seed=0)
+    listing = tmp_path / "calibration.txt"
+    listing.write_text(cal.list_text())
+    cal.files[3].write_bytes(b"not an image any more")  # changed and undecodable: never just skipped
+    with pytest.raises(BadInput, match=rf"{cal.files[3].name}: sha256 .* differs .* in {listing}"):
+        build_calibration(open_source(listing, image_folder), SPEC, 12, seed=0)
+    # listed with the sha256 of what is there now, but not an image: the list is wrong
+    import hashlib
+
+    junk = image_folder / "a" / "junk.png"
+    junk.write_bytes(b"junk")
+    listing.write_text(f"{hashlib.sha256(b'junk').hexdigest()}  a/junk.png\n")
+    with pytest.raises(BadInput, match=r"junk\.png, listed with its sha256 in .*calibration\.txt, no longer decodes"):
+        build_calibration(open_source(listing, image_folder), SPEC, 12, seed=0)
+
+
+def test_calibration_make_refuses_to_overwrite_and_bad_values(image_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from xception_edge.cli import cli
+
+    def run(*args):
+        r = CliRunner().invoke(cli, ["calibration", "make", "--from", str(image_folder), "--num", "6", *map(str, args)])
+        assert "Traceback" not in r.output
+        return r
+
+    out = tmp_path / "cal.txt"
+    out.write_text("keep me\n")
+    r = run("--out", out)
+    assert r.exit_code == 2 and f"--out {out} already exists; pass --force" in r.output
+    assert out.read_text() == "keep me\n"
+    r = run("--out", out, "--force")
+    assert r.exit_code == 0 and len([l for l in out.read_text().splitlines() if not l.startswith("#")]) == 6
+    r = run("--out", tmp_path)
+    assert r.exit_code == 2 and f"--out {tmp_path} is a folder" in r.output
+    r = run("--out", tmp_path / "new.txt", "--seed", "-5")
+    assert r.exit_code == 2 and "--seed -5 must be 0 or more" in r.output and not (tmp_path / "new.txt").exists()
+
+
+def test_convert_refuses_a_negative_seed_before_any_work(tmp_path):
+    from xception_edge.errors import BadInput as Bad
+    from xception_edge.pipeline import ConvertRequest, precheck
+
+    with pytest.raises(Bad, match=r"--seed -5 must be 0 or more"):
+        precheck(ConvertRequest(model="missing.keras", targets=("litert-fp32",), out=tmp_path / "out", seed=-5, verify=False))
+
+
+def test_list_lines_the_file_system_refuses_are_one_line_errors(image_folder, tmp_path):
+    from xception_edge.dataset import labelled_images
+
+    long_name = "x" * 248 + ".png"  # a valid name; with " a" after it, the line is too long to be a name
+    Image.new("RGB", (8, 8)).save(image_folder / "a" / long_name)
+    lst = image_folder / "long.txt"
+    lst.write_text(f"a/{long_name} a\n")
+    assert labelled_images(lst, ["a", "b"]).targets == (0,)
+    (image_folder / "loop1").symlink_to(image_folder / "loop2")
+    (image_folder / "loop2").symlink_to(image_folder / "loop1")
+    lst.write_text("loop1/x.png\n")
+    with pytest.raises(BadInput, match=r"long\.txt:1: 'loop1/x\.png' cannot be resolved"):
+        open_source(lst)
+    lst.write_text("a/a_000.png\na/a\x00.png\n")
+    with pytest.raises(BadInput, match=r"long\.txt:2: the line holds a NUL byte"):
+        open_source(lst)

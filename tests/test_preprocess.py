@@ -118,3 +118,77 @@ def test_spec_validation_and_roundtrip():
         PreprocessSpec(96, 96, resize="stretch")
     with pytest.raises(BadInput, match="unknown keys"):
         PreprocessSpec.from_dict({**spec.to_dict(), "mean": 0.5})
+
+
+@pytest.fixture(scope="module")
+def huge_png(tmp_path_factory):
+    """9000x5000 (45 megapixels) in one colour: a 1-bit PNG of a few kB."""
+    path = tmp_path_factory.mktemp("big") / "huge.png"
+    Image.new("1", (9000, 5000), 1).save(path, optimize=True)
+    assert path.stat().st_size < 50_000
+    return path
+
+
+@pytest.mark.parametrize("pillow_limit", ["default", None])
+def test_images_above_the_pixel_limit_are_refused_before_decoding(huge_png, tmp_path, monkeypatch, pillow_limit):
+    from PIL import ImageFile
+
+    import xception_edge.preprocess
+
+    if pillow_limit is None:  # Pillow's own bomb check switched off changes nothing
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+
+    def no_decoding(self, *a, **k):
+        raise AssertionError("pixels were decoded")
+
+    with monkeypatch.context() as m:
+        m.setattr(ImageFile.ImageFile, "load", no_decoding)
+        with pytest.raises(UndecodableImage, match=r"huge\.png: 9000x5000 is 45\.0 megapixels, above the 40-megapixel limit"):
+            decode(huge_png)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (10, 10)).save(good)
+    batch, failed = load_images([huge_png, good], PreprocessSpec(71, 71))
+    assert batch.shape == (1, 71, 71, 3) and len(failed) == 1 and "40-megapixel limit" in failed[0]
+    assert xception_edge.preprocess.MAX_PIXELS == 40_000_000  # the limit the READMEs document
+
+
+def test_pillow_decompression_bomb_warning_as_an_error_is_an_undecodable_image(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60)  # 10x10 = 100 px: Pillow warns (error above 120)
+    data = _roundtrip(Image.new("RGB", (10, 10)), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(UndecodableImage, match="DecompressionBombWarning"):
+            decode(data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 100 px > 2 x 10: Pillow's error
+    with pytest.raises(UndecodableImage, match="DecompressionBombError"):
+        decode(_roundtrip(Image.new("RGB", (10, 10)), "PNG"))
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "GIF", "TGA", "PPM"])
+def test_only_jpeg_png_bmp_and_webp_are_decoded(tmp_path, fmt):
+    path = tmp_path / "photo.png"  # the suffix does not matter: the content decides
+    Image.new("RGB", (12, 9), (200, 30, 40)).save(path, fmt)
+    with pytest.raises(UndecodableImage, match=r"photo\.png: not a JPEG, PNG, BMP or WebP image"):
+        decode(path)
+
+
+def test_a_tiny_file_claiming_15000x15000_pixels_costs_nothing(monkeypatch):
+    """The reported bomb: a few bytes of PNG header for 225 megapixels, refused before decoding."""
+    import struct
+    import zlib
+
+    from PIL import ImageFile
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 15000, 15000, 1, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda *a, **k: pytest.fail("pixels were decoded"))
+    with pytest.raises(UndecodableImage, match=r"225000000 pixels.*the limit here is 40 megapixels"):
+        decode(io.BytesIO(png))  # Pillow's own check (above 179 MP) answers first, named as such
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with pytest.raises(UndecodableImage, match=r"15000x15000 is 225\.0 megapixels, above the 40-megapixel limit"):
+        decode(io.BytesIO(png))

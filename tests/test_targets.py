@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 
@@ -84,3 +85,60 @@ def test_builtin_profiles_ship_in_a_non_editable_install(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for n in builtin_names():
         assert f"xception_edge/_targets/{n}.toml" in names
+
+
+def _profile_text(name: str, extra: str = "") -> str:
+    return f'name = {json.dumps(name)}\nbackend = "litert"\nformat = "tflite"\nprecision = "fp32"\n{extra}'
+
+
+@pytest.mark.parametrize("name", ["../victim/important", "a/b", "/abs", "", ".", "..", ".hidden", "-rf", "a b",
+                                  "x" * 101, "caf\u00e9", "nul\u0000", "a\tb"])
+def test_profile_name_must_be_a_plain_folder_name(tmp_path, name):
+    f = tmp_path / "evil.toml"
+    f.write_text(_profile_text(name))
+    with pytest.raises(BadInput, match=r"evil\.toml: name = .* is not a plain name") as info:
+        load_profile(f)
+    assert repr(name) in str(info.value) and "\n" not in str(info.value)
+    from xception_edge.targets import profile_from_dict
+
+    record = {**resolve_target("litert-fp32").to_dict(), "name": name}
+    with pytest.raises(BadInput, match=r"manifest\.json: name = .* is not a plain name"):
+        profile_from_dict(record, tmp_path / "manifest.json")
+
+
+def test_plain_profile_names_are_accepted(tmp_path):
+    f = tmp_path / "ok.toml"
+    for name in ("pi-zero_2.v1", "A", "9" * 100):
+        f.write_text(_profile_text(name))
+        assert load_profile(f).name == name
+
+
+def test_a_custom_profile_with_a_builtin_name_is_not_silently_dropped(tmp_path):
+    mine = tmp_path / "my.toml"
+    mine.write_text(_profile_text("litert-fp32", "threads = 1\n"))
+    with pytest.raises(BadInput, match=r"two different target profiles are named 'litert-fp32': .*litert-fp32\.toml and .*my\.toml") as info:
+        resolve_targets(["litert-fp32", str(mine)])
+    assert "\n" not in str(info.value)
+    with pytest.raises(BadInput, match="two different target profiles"):
+        resolve_targets([str(mine), "all"])
+    # the same profile twice (even from a copy of the file) is one target
+    copy = tmp_path / "copy.toml"
+    builtin = resolve_target("litert-fp32")
+    copy.write_text(open(builtin.source).read())
+    ps = resolve_targets(["litert-fp32", "litert-fp32", str(copy)])
+    assert [p.source for p in ps] == [builtin.source]
+
+
+@pytest.mark.parametrize("extra,match", [
+    ("[verify]\nnum_images = 3.5\n", r"\[verify\] num_images must be a whole number, got 3\.5"),
+    ("[gates]\nmax_top1_drop_pp = nan\n", r"max_top1_drop_pp must be a finite number, got nan"),
+    ("[gates]\nmax_size_mb = inf\n", r"max_size_mb must be a finite number, got inf"),
+    ("[verify]\nnum_images = 9223372036854775807\n", r"num_images = 9223372036854775807 is too large"),
+    ("threads = 9223372036854775807\n", r"threads must be a positive integer \(at most 2147483647\)"),
+])
+def test_profile_numbers_must_be_finite_and_of_the_right_kind(tmp_path, extra, match):
+    f = tmp_path / "n.toml"
+    f.write_text(_profile_text("n", extra))
+    with pytest.raises(BadInput, match=match) as info:
+        load_profile(f)
+    assert str(f) in str(info.value)

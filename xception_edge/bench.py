@@ -80,6 +80,7 @@ def run_bench(folder: Path, *, runs: int = 50, warmup: int = 5, threads: int | N
                      "precision": manifest["precision"], "size_bytes": model_bytes(manifest)},
         "host": host(),
         "cpu_warning": warning,
+        "kernels": rt.note,
         "latency": stats.to_dict(),
     }
     if files:

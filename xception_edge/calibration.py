@@ -83,10 +83,49 @@ class ListEntry:
     label: str | None  # from a "path label" line
 
 
+def _parse_line(line: str, lineno: int, root_abs: Path, list_file: Path) -> tuple[ListEntry, bool]:
+    """One list line -> its entry and whether the file exists."""
+    where = f"{list_file}:{lineno}"
+    expected = None
+    m = _HASHED_LINE.match(line)
+    if m:
+        expected, line = m.group(1).lower(), m.group(2).strip()
+    if "\0" in line:
+        raise BadInput(f"{where}: the line holds a NUL byte; write one relative path per line")
+    rel, label = line, None
+    if not _is_file(root_abs / line) and len(line.rsplit(None, 1)) == 2:
+        rel, label = line.rsplit(None, 1)
+    try:
+        full = (root_abs / rel).resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic-link loop
+        raise BadInput(f"{where}: '{rel[:200]}' cannot be resolved ({exc}); fix the line or the links") from None
+    if Path(rel).is_absolute() or not full.is_relative_to(root_abs):
+        raise BadInput(f"{where}: path '{rel[:200]}' is outside the list's root {root_abs}; use paths relative to it")
+    return ListEntry(lineno, rel, full, expected, label), _is_file(full)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows: no such file
+        return False
+
+
+def _check_repeat(first: ListEntry, again: ListEntry, list_file: Path) -> None:
+    """The same image listed twice must say the same thing both times."""
+    where = f"{list_file}:{again.lineno}: '{again.rel}' is listed again (first on line {first.lineno})"
+    if first.label != again.label:
+        raise BadInput(f"{where} with label {again.label!r}, not {first.label!r}; give each image one label")
+    if first.sha256 and again.sha256 and first.sha256 != again.sha256:
+        raise BadInput(f"{where} with a different sha256; keep the line that matches the file")
+
+
 def read_list(list_file: Path, root: Path, *, root_hint: str) -> list[ListEntry]:
     """The one list-file reader. A line is a path relative to ``root``, optionally preceded by
     its sha256 (as calibration.txt writes) or followed by a label (``path label``); ``#``
-    comments and blank lines are skipped. Paths outside the root and missing files are errors."""
+    comments and blank lines are skipped. Paths outside the root and missing files are errors.
+    An image listed more than once is used once (first line kept), with a warning; listed
+    again with another label or sha256, it is an error."""
     try:
         lines = list_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -94,29 +133,29 @@ def read_list(list_file: Path, root: Path, *, root_hint: str) -> list[ListEntry]
     root_abs = root.resolve()
     if not root_abs.is_dir():
         raise BadInput(f"list root {root} is not a folder; {root_hint}")
-    entries, missing = [], []
+    first: dict[Path, ListEntry] = {}
+    missing, repeats = [], []
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        expected = None
-        m = _HASHED_LINE.match(line)
-        if m:
-            expected, line = m.group(1).lower(), m.group(2).strip()
-        rel, label = line, None
-        if not (root_abs / line).is_file() and len(line.rsplit(None, 1)) == 2:
-            rel, label = line.rsplit(None, 1)
-        full = (root_abs / rel).resolve()
-        if Path(rel).is_absolute() or not full.is_relative_to(root_abs):
-            raise BadInput(f"{list_file}:{lineno}: path '{rel}' is outside the list's root {root}; use paths relative to it")
-        if not full.is_file():
-            missing.append(line)
+        entry, found = _parse_line(line, lineno, root_abs, list_file)
+        if not found:
+            missing.append(line[:200])
             continue
-        entries.append(ListEntry(lineno, rel, full, expected, label))
+        seen = first.setdefault(entry.path, entry)
+        if seen is not entry:
+            _check_repeat(seen, entry, list_file)
+            repeats.append(f"{entry.rel} (line {lineno}, first on line {seen.lineno})")
+            if entry.sha256 and not seen.sha256:  # keep the check the repeat carries
+                first[entry.path] = dataclasses.replace(seen, sha256=entry.sha256)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise BadInput(f"{list_file} names {len(missing)} missing file(s) under {root}: {shown}; fix the list or {root_hint}")
-    return entries
+    if repeats:
+        shown = ", ".join(repeats[:3]) + (f" and {len(repeats) - 3} more" if len(repeats) > 3 else "")
+        warn(f"{len(repeats)} duplicate line(s) in {list_file}: {shown}; each image used once")
+    return list(first.values())
 
 
 def _open_list(list_file: Path, root: Path) -> ImageSource:
@@ -193,11 +232,24 @@ class CalibrationSet:
         }
 
 
+def _listed_sha256(path: Path, want: str, origin: str) -> str:
+    """The file's sha256, which must be the one its list gives (checked before decoding)."""
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise BadInput(f"{path}, listed in {origin}, cannot be read ({exc.strerror or exc}); restore it or write a new list") from None
+    if digest != want:
+        raise BadInput(f"{path}: sha256 {digest[:12]}… differs from {want[:12]}… in {origin}; the file changed since the list was written")
+    return digest
+
+
 def build_calibration(
     source: ImageSource, spec: PreprocessSpec, num: int, seed: int, *, extra_held_back: int = 0
 ) -> CalibrationSet:
     """Sample ``num`` images, decode and preprocess them once; undecodable ones are skipped,
-    listed in a warning, and replaced by the next images of the deterministic order."""
+    listed in a warning, and replaced by the next images of the deterministic order. An image
+    listed with its sha256 (calibration.txt) must still have it, checked before decoding, and
+    must decode: otherwise the list no longer describes the files, which is an error."""
     if num < 1:
         raise BadInput(f"--num-calibration {num} must be at least 1")
     order = sample_order(source, seed)
@@ -208,15 +260,17 @@ def build_calibration(
         while pos < len(order) and len(files) < num:
             path = source.files[order[pos]]
             pos += 1
+            want = expected.get(path)
+            digest = _listed_sha256(path, want, source.origin) if want else None
             try:
                 arrays.append(load_image(path, spec))
             except UndecodableImage as exc:
+                if want:  # it decoded when the list was written
+                    raise BadInput(f"{path}, listed with its sha256 in {source.origin}, no longer decodes ({exc}); "
+                                   "restore the image or write a new list") from None
                 skipped.append(str(exc))
                 continue
-            digest = sha256_file(path)
-            want = expected.get(path)
-            if want and want != digest:
-                raise BadInput(f"{path}: sha256 {digest[:12]}… differs from {want[:12]}… in {source.origin}; the file changed since the list was written")
+            digest = digest or sha256_file(path)
             files.append(path)
             hashes.append(digest)
             task.advance()

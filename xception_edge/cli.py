@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, console
+from . import __version__, console, interrupts
 from .errors import XceptionEdgeError
 
 
@@ -25,7 +25,11 @@ class _Group(click.Group):
             raise click.exceptions.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.error("interrupted; nothing half-written was left behind")
-            raise click.exceptions.Exit(130) from None
+            raise click.exceptions.Exit(interrupts.exit_code()) from None
+        except OSError as exc:  # the machine failed the run (a full disk, a vanished folder): exit 1, one line
+            where = f" ({exc.filename})" if exc.filename else ""
+            console.error(f"{exc.strerror or exc}{where}; nothing half-written was left behind")
+            raise click.exceptions.Exit(1) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -93,9 +97,11 @@ def convert(model, targets, calibration, calibration_root, num_calibration, seed
             labels, unsafe_model, weights, input_size, num_classes, resize, crop_fraction, interpolation, max_drop,
             validation, strict, json_out):
     """Convert MODEL to every --target, verify each artifact, and write OUT/<target>/."""
+    from .artifact import check_output_file
     from .model_io import KerasXceptionOptions
     from .pipeline import ConvertRequest, run_convert
 
+    check_output_file(json_out, "--json")
     req = ConvertRequest(
         model=model, targets=tuple(targets), out=out, calibration=calibration, calibration_root=calibration_root,
         num_calibration=num_calibration, seed=seed, verify=verify, verify_data=verify_data, labels=labels,
@@ -152,12 +158,16 @@ def demo(out, cache, report, json_out, tiny):
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 def bench(artifact, runs, warmup, threads, data, reference, json_out):
     """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this device."""
+    from .artifact import check_output_file
     from .bench import print_bench, run_bench
+    from .errors import BadInput
 
     if threads is not None and threads < 1:
-        from .errors import BadInput
-
         raise BadInput(f"--threads {threads} must be at least 1")
+    if reference is not None and data is None:
+        raise BadInput(f"--reference {reference} compares predictions on images: add --data DIR (the images the "
+                       "reference was made on), or drop --reference")
+    check_output_file(json_out, "--json")
     result = run_bench(artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference)
     if json_out:
         _emit_json(result, json_out)
@@ -185,9 +195,11 @@ def bench(artifact, runs, warmup, threads, data, reference, json_out):
 def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, json_out):
     """Compare the Keras fp32 model and every artifact on the same labelled images: top-1/top-5,
     drop vs fp32, agreement, flips per class, latency, size; writes OUT/report.{json,md,html}."""
+    from .artifact import check_output_file
     from .evaluate import EvaluateRequest, run_evaluate
     from .report import print_report
 
+    check_output_file(json_out, "--json")
     result = run_evaluate(EvaluateRequest(model=model, artifacts=artifacts, data=data, report=report, resume=resume,
                                           runs=runs, warmup=warmup, decode_threads=decode_threads,
                                           unsafe_model=unsafe_model))
@@ -201,17 +213,20 @@ def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_thread
 @cli.command()
 @click.argument("report", type=click.Path(path_type=Path))
 @click.option("--gates", "gates_file", type=click.Path(path_type=Path), metavar="FILE",
-              help="TOML overriding the profiles' [gates] per target: [TARGET] max_top1_drop_pp = 1.5")
-@click.option("--junit", type=click.Path(path_type=Path), metavar="OUT.xml", help="Write JUnit XML (one test case per target and gate).")
+              help="TOML overriding the profiles' [gates] per target or artifact folder: [TARGET] max_top1_drop_pp = 1.5; "
+                   "[NAME] ungated = true for an artifact no gate applies to.")
+@click.option("--junit", type=click.Path(path_type=Path), metavar="OUT.xml", help="Write JUnit XML (one test case per artifact and gate).")
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 def gate(report, gates_file, junit, json_out):
-    """Check REPORT.json (from `evaluate`) against each target's accuracy gates.
+    """Check every artifact of REPORT.json (from `evaluate`) against its target's accuracy gates.
     Exit 0: all pass; 1: a gate fails; 2: bad input."""
     import dataclasses
 
-    from .artifact import atomic_write_text
-    from .gates import describe, evaluate_gates, junit_xml, load_gates_file, load_report
+    from .artifact import atomic_write_text, check_output_file
+    from .gates import describe, evaluate_gates, junit_xml, load_gates_file, load_report, table_rows
 
+    check_output_file(junit, "--junit")  # before any work: a folder or an unwritable place is bad input
+    check_output_file(json_out, "--json")
     data = load_report(report)
     overrides = load_gates_file(gates_file) if gates_file is not None else {}
     results = evaluate_gates(data, overrides)
@@ -222,7 +237,7 @@ def gate(report, gates_file, junit, json_out):
     if json_out != "-":
         from .tables import gate_table
 
-        gate_table(results)
+        gate_table(table_rows(results))
     failed = [r for r in results if not r.passed]
     for r in failed:
         console.error(f"gate failed: {describe(r)}")
@@ -250,7 +265,7 @@ def gate(report, gates_file, junit, json_out):
 def inspect(artifacts, model, calibration, calibration_root, num_images, top, report, unsafe_model, json_out):
     """Per-layer quantization error of each int8 artifact in ARTIFACTS (one artifact folder or the
     --out folder of convert): SQNR vs fp32, layer type and MAC share, worst first."""
-    from .artifact import check_writable_dir
+    from .artifact import check_output_file, output_lock
     from .inspection.report import print_inspect, write_inspect
     from .inspection.run import InspectRequest, run_inspect
 
@@ -258,10 +273,11 @@ def inspect(artifacts, model, calibration, calibration_root, num_images, top, re
         from .errors import BadInput
 
         raise BadInput(f"--top {top} must be at least 1")
-    check_writable_dir(report, "--report")
-    result = run_inspect(InspectRequest(artifacts=artifacts, model=model, calibration=calibration,
-                                        calibration_root=calibration_root, num_images=num_images, unsafe_model=unsafe_model))
-    files = write_inspect(result, report, top)
+    check_output_file(json_out, "--json")
+    with output_lock(report, "--report"):
+        result = run_inspect(InspectRequest(artifacts=artifacts, model=model, calibration=calibration,
+                                            calibration_root=calibration_root, num_images=num_images, unsafe_model=unsafe_model))
+        files = write_inspect(result, report, top)
     result["files"] = {k: str(v) for k, v in files.items()}
     if json_out:
         _emit_json(result, json_out)
@@ -318,14 +334,20 @@ def calibration():
 @click.option("--num", type=int, default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE")
-def calibration_make(src, num, seed, out):
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
+def calibration_make(src, num, seed, out, force):
     """Write a deterministic, class-balanced list of calibration images (paths relative to --from)."""
+    from .artifact import check_output_file
     from .calibration import open_source, write_list
+    from .errors import BadInput
 
     if num < 1:
-        from .errors import BadInput
-
         raise BadInput(f"--num {num} must be at least 1")
+    if seed < 0:
+        raise BadInput(f"--seed {seed} must be 0 or more (numpy's generator takes no negative seed)")
+    check_output_file(out, "--out")
+    if out.exists() and not force:
+        raise BadInput(f"--out {out} already exists; pass --force to overwrite it")
     source = open_source(src)
     n = write_list(source, num, seed, out)
     if n < num:
@@ -334,7 +356,17 @@ def calibration_make(src, num, seed, out):
 
 
 def main() -> None:
-    """Console-script entry: keeps native (C++) log noise out of the terminal unless --verbose."""
+    """Console-script entry: Ctrl-C always stops the run (exit 130), and native (C++) log noise
+    stays out of the terminal unless --verbose."""
+    interrupts.install()
     if "-v" not in sys.argv[1:] and "--verbose" not in sys.argv[1:]:
         console.capture_native_stderr()
-    cli(prog_name="xception-edge")
+    try:
+        cli(prog_name="xception-edge")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if interrupts.interrupted() and code != interrupts.exit_code():
+        console.error("interrupted; nothing half-written was left behind")  # a framework swallowed the interrupt
+        code = interrupts.exit_code()
+    sys.exit(code)

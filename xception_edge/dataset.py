@@ -9,17 +9,21 @@ Two forms:
   folder (a path may contain spaces: the label is the last word). ``# comments`` and blank
   lines are ignored. A line holding only a path is an unlabelled image (so a calibration list,
   with or without the ``<sha256>`` column of ``calibration.txt``, reads as unlabelled images).
+  An image listed twice with the same label is used once (with a warning); with two different
+  labels (compared as written) it is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from pathlib import Path
 
 from .errors import BadInput
 from .preprocess import IMAGE_SUFFIXES
 
+_INDEX = re.compile(r"[0-9]{1,9}")  # a label given as a class index (ASCII digits only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +105,7 @@ def _from_list(list_file: Path, labels: list[str]) -> LabelledImages:
         if e.label is not None:
             if e.label in index:
                 target = index[e.label]
-            elif e.label.isdigit() and int(e.label) < len(labels):
+            elif _INDEX.fullmatch(e.label) and int(e.label) < len(labels):
                 target = int(e.label)
             else:
                 unknown.append(e.label)

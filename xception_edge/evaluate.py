@@ -21,13 +21,14 @@ import numpy as np
 
 from . import __version__, console
 from .accuracy import accuracy_report, agreement
-from .artifact import MANIFEST, atomic_write_text, read_manifest
+from .artifact import MANIFEST, output_lock, read_manifest
 from .bench import cpu_mismatch, measure_latency, model_bytes
 from .calibration import sha256_file
 from .dataset import LabelledImages, labelled_images
 from .errors import BadInput
 from .hostinfo import host
 from .preprocess import PreprocessSpec
+from .resultstore import ResultStore
 
 SCHEMA = "xception-edge/report"
 SCHEMA_VERSION = 1
@@ -78,6 +79,9 @@ def discover_artifacts(root: Path, report: Path | None = None) -> list[Artifact]
             raise BadInput(f"--artifacts {root} holds no artifact folders (sub-folders with {MANIFEST}); convert a model first")
     out = []
     for folder in folders:
+        if report is not None and Path(report).resolve().is_relative_to(folder.resolve()):
+            raise BadInput(f"--report {report} lies inside the artifact folder {folder}; write the report elsewhere "
+                           "(an artifact folder holds only what its manifest lists)")
         manifest = read_manifest(folder)  # no manifest, or a sha256 mismatch: one-line BadInput
         out.append(Artifact(folder, manifest, sha256_file(folder / MANIFEST)))
     return out
@@ -138,46 +142,23 @@ def _model_hash(spec: str) -> str | None:
     return _hash_path(path)
 
 
+def same_source_model(art: Artifact, src_sha) -> bool:
+    """True only when the artifact's manifest records the --model's own sha256 (for keras:xception,
+    the sha256 of its weights); anything unconfirmed is False and warned about (`gate` fails it)."""
+    made_from = (art.manifest.get("source_model") or {}).get("sha256")
+    if isinstance(src_sha, str) and src_sha and made_from == src_sha:
+        return True
+    if isinstance(src_sha, str) and src_sha and isinstance(made_from, str) and made_from:
+        why = f"was converted from another model (sha256 {made_from[:12]}…, --model is {src_sha[:12]}…)"
+    else:
+        why = "cannot be confirmed to come from --model (no sha256 of its source model or of --model)"
+    console.warn(f"{art.name} {why}: its agreement with --model says little, and `gate` fails it")
+    return False
+
+
 # ------------------------------------------------------------------ results cache (--resume)
 def _key(**parts) -> str:
     return hashlib.sha256(json.dumps({"schema_version": SCHEMA_VERSION, **parts}, sort_keys=True).encode()).hexdigest()
-
-
-class ResultStore:
-    """REPORT/results/<name>-<key>.json, each written atomically once its row is finished."""
-
-    def __init__(self, folder: Path, *, resume: bool):
-        self.folder = folder
-        self.resume = resume
-        self.used: set[Path] = set()
-
-    def _path(self, name: str, key: str) -> Path:
-        return self.folder / f"{name}-{key[:16]}.json"
-
-    def load(self, name: str, key: str) -> dict | None:
-        path = self._path(name, key)
-        if not self.resume or not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            console.warn(f"{path} is unreadable; computing {name} again")
-            return None
-        if data.get("key") != key:
-            return None
-        self.used.add(path)
-        return data
-
-    def save(self, name: str, key: str, data: dict) -> None:
-        path = self._path(name, key)
-        atomic_write_text(path, json.dumps({"key": key, **data}, indent=1) + "\n")
-        self.used.add(path)
-
-    def prune(self) -> None:
-        """Drop results of earlier runs that this report does not use."""
-        for p in self.folder.glob("*.json"):
-            if p not in self.used:
-                p.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ scoring
@@ -228,6 +209,15 @@ def _predict(predict, feed, num_classes: int) -> tuple[np.ndarray, np.ndarray, f
 
 # ------------------------------------------------------------------ the run
 def run_evaluate(req: EvaluateRequest) -> dict:
+    """Evaluate under an exclusive lock on the --report folder (a second run there fails at once)."""
+    report = Path(req.report)
+    if report.exists() and not report.is_dir():
+        raise BadInput(f"--report {report} is a file; pass a folder for report.json, report.md and report.html")
+    with output_lock(report, "--report"):
+        return _run_evaluate(req)
+
+
+def _run_evaluate(req: EvaluateRequest) -> dict:
     if req.runs < 1:
         raise BadInput(f"--runs {req.runs} must be at least 1")
     if req.warmup < 0:
@@ -242,12 +232,12 @@ def run_evaluate(req: EvaluateRequest) -> dict:
     t_start = time.perf_counter()
     data_sha = data.sha256(labels)
     model_sha = _model_hash(req.model)
-    store = ResultStore(report_dir / RESULTS, resume=req.resume)
+    store = ResultStore(report_dir / RESULTS, resume=req.resume, labels=labels)
     settings = {"runs": req.runs, "warmup": req.warmup}
 
     here = host()  # latency belongs to the machine: a result measured elsewhere is not reused
     keras_key = _key(kind="keras", model=model_sha, data=data_sha, preprocessing=spec.to_dict(), host=here, **settings) if model_sha else None
-    keras_cached = store.load(KERAS, keras_key) if keras_key else None
+    keras_cached = store.load(KERAS, keras_key, keras=True) if keras_key else None
     art_keys = {a.name: _key(kind="artifact", manifest=a.manifest_sha256, data=data_sha, host=here, **settings) for a in arts}
     cached = {a.name: store.load(a.name, art_keys[a.name]) for a in arts}
     reused = [n for n, c in cached.items() if c] + ([KERAS] if keras_cached else [])
@@ -274,11 +264,7 @@ def run_evaluate(req: EvaluateRequest) -> dict:
     ref = {**keras["row"], "reused": keras is keras_cached}
     src_sha = keras["model_sha256"]
     for a in arts:
-        made_from = (a.manifest.get("source_model") or {}).get("sha256")
-        if src_sha and made_from and made_from != src_sha:
-            console.warn(f"{a.name} was converted from another model (sha256 {made_from[:12]}…, --model is {src_sha[:12]}…): "
-                         "its agreement with --model says little")
-        rows[a.name]["same_source_model"] = bool(src_sha and made_from == src_sha)
+        rows[a.name]["same_source_model"] = same_source_model(a, src_sha)
     timing["total_seconds"] = time.perf_counter() - t_start
     report = {
         "schema": SCHEMA,
@@ -343,7 +329,7 @@ def _compute(req, arts, todo, spec, labels, data, keras_cached, keras_key, art_k
                 **float_layers(m),
             }
             row = _compare(row, acc, preds, ref, ref_preds, label_of)
-            row.update(latency=stats.to_dict(), cpu_warning=cpu_mismatch(m), seconds=time.perf_counter() - t1)
+            row.update(latency=stats.to_dict(), cpu_warning="; ".join(filter(None, [cpu_mismatch(m), rt.note])) or None, seconds=time.perf_counter() - t1)
             store.save(a.name, art_keys[a.name], {"row": row})
             rows[a.name] = {**row, "reused": False}
             timing["artifact_seconds"][a.name] = row["seconds"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import warnings
 
 from .errors import BackendUnavailable
@@ -97,8 +98,18 @@ def ort_quantization():
     return importlib.import_module("onnxruntime.quantization")
 
 
+def _no_telemetry() -> None:
+    """OpenVINO's model converter and NNCF send usage telemetry (from child processes that try to
+    reach the internet, and after writing a client id under ~/intel) unless the openvino_telemetry
+    package cannot be imported: then both use their own no-op stubs. Blocking that import, for
+    this process only, turns it off without touching the user's files or environment."""
+    sys.modules.setdefault("openvino_telemetry", None)
+
+
 def openvino():
-    """openvino (runtime and model conversion); the runtime-only extra is enough for it."""
+    """openvino (runtime and model conversion); the runtime-only extra is enough for it.
+    Telemetry is off for every OpenVINO and NNCF call the toolkit makes."""
+    _no_telemetry()
     try:
         return importlib.import_module("openvino")
     except ImportError:

@@ -1,12 +1,14 @@
-"""CI accuracy gates: check an evaluation report against each target's `[gates]` (from its
-profile, overridable by a gates file). Never passes vacuously: NaN, zero images, or a gated
-target missing from the report fail."""
+"""CI accuracy gates: check an evaluation report against each artifact's `[gates]` (from its
+profile, overridable by a gates file). Never passes vacuously: NaN, zero images, an artifact no
+gate applies to, an artifact of another source model, or a gated name missing from the report
+fail. Every row of the report is gated and named by its artifact folder."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -17,152 +19,315 @@ from .types import GateSpec
 REPORT_SCHEMA = "xception-edge/report"
 REPORT_VERSION = 1
 _FIELDS = [f.name for f in dataclasses.fields(GateSpec)]
+_UNIT = ("min_top1_ratio", "min_agreement")  # fractions: limits within 0..1
+UNGATED = "ungated"  # gates-file key: `[NAME] ungated = true` says no limit applies to those artifacts
+_AGAIN = "write it again with `xception-edge evaluate`"
 
 
 @dataclasses.dataclass(frozen=True)
 class GateResult:
-    target: str
+    name: str  # the artifact folder (the report row's `name`)
     gate: str
     value: float | None
     limit: float | None
     passed: bool
     note: str = ""
+    target: str | None = None  # the row's target profile
 
 
 def load_report(path: Path) -> dict:
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadInput(f"report {path} cannot be read as JSON: {exc}") from None
-    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
-        raise BadInput(f"{path} is not an xception-edge report (schema {REPORT_SCHEMA}); write one with `xception-edge evaluate`")
-    if report.get("schema_version") != REPORT_VERSION:
-        raise BadInput(f"{path} has report schema version {report.get('schema_version')}, this gate reads {REPORT_VERSION}; "
-                       "run `xception-edge evaluate` again")
+    check_report(report, path)
     return report
 
 
+def _bad(path, what: str, got) -> BadInput:
+    shown = repr(got) if len(repr(got)) <= 40 else repr(got)[:37] + "..."
+    return BadInput(f"report {path}: {what}, got {shown}; {_AGAIN}")
+
+
+def check_report(report, path) -> None:
+    """The structure `gate` relies on (one place, to become a typed ReportRow.from_dict). Measured
+    values (top1, drop_pp, …) are not checked here: a missing or NaN value fails its gate."""
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        raise BadInput(f"{path} is not an xception-edge report (schema {REPORT_SCHEMA}); write one with `xception-edge evaluate`")
+    version = report.get("schema_version")
+    if version != REPORT_VERSION or isinstance(version, bool):
+        raise BadInput(f"{path} has report schema version {version!r}, this gate reads {REPORT_VERSION}; "
+                       "run `xception-edge evaluate` again")
+    try:
+        json.dumps(report, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        raise BadInput(f"report {path} holds text that is not valid Unicode; {_AGAIN}") from None
+    for key in ("host", "model", "reference"):
+        if not isinstance(report.get(key), dict):
+            raise _bad(path, f"'{key}' must be an object", report.get(key))
+    if not isinstance(report["host"].get("cpu"), str):
+        raise _bad(path, "'host.cpu' must be a string", report["host"].get("cpu"))
+    rows = report.get("artifacts")
+    if not isinstance(rows, list) or not rows:
+        raise _bad(path, "'artifacts' must be a non-empty list of artifact rows", rows)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise _bad(path, f"artifacts[{i}] must be an object (an artifact row)", row)
+        if not isinstance(row.get("target"), str):
+            raise _bad(path, f"artifacts[{i}].target must be a string (the target profile's name)", row.get("target"))
+        for key in ("name", "path"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise _bad(path, f"artifacts[{i}].{key} must be a string", row[key])
+        if row.get("latency") is not None and not isinstance(row["latency"], dict):
+            raise _bad(path, f"artifacts[{i}].latency must be an object or null", row["latency"])
+
+
+def row_names(rows: list[dict]) -> list[str]:
+    """Each row's artifact folder name (`name`, else the basename of `path`), made unique."""
+    names: list[str] = []
+    for i, row in enumerate(rows):
+        name = row.get("name") if isinstance(row.get("name"), str) and row.get("name") else None
+        if name is None and isinstance(row.get("path"), str):
+            name = Path(row["path"]).name or None
+        name = name or f"artifacts[{i}]"
+        names.append(name if name not in names else f"{name} (artifacts[{i}])")
+    return names
+
+
 def load_gates_file(path: Path) -> dict[str, dict]:
-    """A TOML file of per-target tables: `[x86-openvino-int8] max_top1_drop_pp = 1.5`."""
+    """A TOML file of tables keyed by target or artifact folder name: `[x86-openvino-int8] max_top1_drop_pp = 1.5`,
+    `[my-experiment] ungated = true`."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
         raise BadInput(f"--gates {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"--gates {path} is not valid TOML: {exc}") from None
-    for target, table in data.items():
+    for name, table in data.items():
         if not isinstance(table, dict):
-            raise BadInput(f"--gates {path}: '{target}' must be a table [{target}] of gate limits")
-        for key, value in table.items():
-            if key not in _FIELDS:
-                raise BadInput(f"--gates {path}: unknown key '{key}' in [{target}]; known: {', '.join(_FIELDS)}")
-            if key == "latency_host":
-                if not isinstance(value, str):
-                    raise BadInput(f"--gates {path}: [{target}] latency_host must be a string")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
-                raise BadInput(f"--gates {path}: [{target}] {key} = {value!r} must be a non-negative number")
+            raise BadInput(f"--gates {path}: '{name}' must be a table [{name}] of gate limits")
+        check_limits(table, f"--gates {path}: [{name}]", allow_ungated=True)
     return data
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def check_limits(table: dict, where: str, *, allow_ungated: bool = False) -> None:
+    """Gate limits: known keys; numbers finite and ≥ 0, ratios and agreements within 0..1."""
+    known = _FIELDS + ([UNGATED] if allow_ungated else [])
+    for key, value in table.items():
+        if key not in known:
+            raise BadInput(f"{where}: unknown key '{key}'; known: {', '.join(known)}")
+        if value is None:
+            continue  # a manifest records unset gates as null
+        if key == UNGATED:
+            if not isinstance(value, bool):
+                raise BadInput(f"{where} {UNGATED} = {value!r} must be true or false")
+        elif key == "latency_host":
+            if not isinstance(value, str):
+                raise BadInput(f"{where} latency_host = {value!r} must be a string")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0:
+            raise BadInput(f"{where} {key} = {value!r} must be a finite, non-negative number")
+        elif key in _UNIT and value > 1:
+            raise BadInput(f"{where} {key} = {value!r} must lie within 0..1 (a fraction: 0.99 is 99%)")
+    limits = [k for k in table if k not in (UNGATED, "latency_host") and table[k] is not None]
+    if table.get(UNGATED) is True and limits:
+        raise BadInput(f"{where}: {UNGATED} = true cannot be combined with limits ({', '.join(limits)}); keep one of them")
 
 
 def _profile_gates(row: dict) -> dict:
     """The gates the artifact was converted with (its manifest), else the built-in profile's."""
-    manifest = Path(row.get("path", "")) / "manifest.json"
+    manifest = Path(row["path"]) / "manifest.json" if isinstance(row.get("path"), str) and row["path"] else None
+    gates = None
     try:
-        return dict(json.loads(manifest.read_text(encoding="utf-8"))["profile"]["gates"])
-    except (OSError, KeyError, TypeError, ValueError):
+        if manifest is not None and manifest.is_file():
+            _check_manifest_unchanged(manifest, row)
+            gates = json.loads(manifest.read_text(encoding="utf-8"))["profile"]["gates"]
+    except (OSError, KeyError, TypeError, ValueError, RecursionError):
         pass
+    if gates is not None:
+        if not isinstance(gates, dict):
+            raise BadInput(f"{manifest}: profile.gates must be a table, got {type(gates).__name__}; convert the model again")
+        check_limits(gates, f"{manifest}: profile.gates")
+        return {k: v for k, v in gates.items() if v is not None}
     from .targets import builtin_names, resolve_target
 
     if row.get("target") in builtin_names():
-        return dataclasses.asdict(resolve_target(row["target"]).gates)
+        return {k: v for k, v in dataclasses.asdict(resolve_target(row["target"]).gates).items() if v is not None}
     return {}
 
 
+def _check_manifest_unchanged(manifest: Path, row: dict) -> None:
+    """The gates come from the manifest the report measured (its sha256 is in the row): a
+    manifest edited since, e.g. to loosen its gates, is refused."""
+    from .calibration import sha256_file
+
+    recorded = row.get("manifest_sha256")
+    if not isinstance(recorded, str) or sha256_file(manifest) != recorded:
+        raise BadInput(f"{manifest} is not the manifest the report measured (its sha256 differs from the report's "
+                       "manifest_sha256); run `xception-edge evaluate` again")
+
+
 def _num(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A finite number, else None (missing, null, NaN, inf, a string, …)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
+        return None
+    return float(v)
 
 
 def evaluate_gates(report: dict, overrides: dict[str, dict] | None = None) -> list[GateResult]:
+    """Every row of `artifacts`, by folder name. A gates-file table keyed by a row's name is used
+    instead of one keyed by its target; either is laid over the profile's gates."""
     overrides = overrides or {}
-    rows = {row["target"]: row for row in report.get("artifacts", [])}
-    results: list[GateResult] = []
-    for name in sorted(set(overrides) - set(rows)):
-        results.append(GateResult(name, "present", None, None, False, "target is missing from the report"))
-    host_cpu = (report.get("host") or {}).get("cpu", "")
-    for name, row in rows.items():
-        gates = {k: v for k, v in {**_profile_gates(row), **overrides.get(name, {})}.items() if v is not None}
-        images = row.get("images") or 0
-        if images <= 0:
-            results.append(GateResult(name, "images", images, None, False, "no images were evaluated"))
-            continue
-        checks = {
-            "max_top1_drop_pp": (None if _num(row.get("drop_pp")) is None else -row["drop_pp"], lambda v, l: v <= l),
-            "min_top1_ratio": (_num(row.get("ratio")), lambda v, l: v >= l),
-            "min_agreement": (_num(row.get("agreement")), lambda v, l: v >= l),
-            "max_size_mb": (None if _num(row.get("size_bytes")) is None else row["size_bytes"] / 1e6, lambda v, l: v <= l),
-            "max_p50_latency_ms": (_num((row.get("latency") or {}).get("p50_ms")), lambda v, l: v <= l),
-        }
-        for gate, (value, ok) in checks.items():
-            limit = gates.get(gate)
-            if limit is None:
-                continue
-            if gate == "max_p50_latency_ms":
-                want = gates.get("latency_host")
-                if not want or want.lower() not in host_cpu.lower():
-                    results.append(GateResult(name, gate, value, limit, True,
-                                              f"skipped: report made on '{host_cpu}', gate is for '{want or 'no host named'}'"))
-                    continue
-            if value is None or math.isnan(value):
-                results.append(GateResult(name, gate, value, limit, False, "value missing or NaN in the report"))
-            else:
-                results.append(GateResult(name, gate, value, float(limit), bool(ok(value, float(limit)))))
+    rows = report.get("artifacts") or []
+    names = row_names(rows)
+    known = set(names) | {row.get("target") for row in rows}
+    missing = "missing from the report (no artifact has this target or folder name)"
+    results = [GateResult(key, "present", None, None, False, missing) for key in sorted(set(overrides) - known)]
+    ref_top1 = (report.get("reference") or {}).get("top1")
+    host_cpu = str((report.get("host") or {}).get("cpu", ""))
+    for name, row in zip(names, rows):
+        target = row.get("target") if isinstance(row.get("target"), str) else None
+        table = overrides.get(name, overrides.get(target, {}) if target is not None else {})
+        results += _gate_row(GateResult(name, "", None, None, False, "", target), row, ref_top1, table, host_cpu)
     if not results:
         results.append(GateResult("(report)", "artifacts", 0, None, False, "the report has no gated artifacts"))
     return results
 
 
+def _integrity(base: GateResult, row: dict, ref_top1) -> list[GateResult]:
+    """What every row needs whatever its limits: images, finite top-1 of artifact and reference,
+    and the same source model. Reported only when they fail."""
+    out = []
+    images = _num(row.get("images"))
+    if images is None or images <= 0:
+        out.append(dataclasses.replace(base, gate="images", value=images,
+                                       note="no images were evaluated (or the count is missing)"))
+    for gate, value, whose in (("top1", row.get("top1"), "the artifact's"),
+                               ("reference_top1", ref_top1, "the Keras reference's")):
+        v = _num(value)
+        if v is None or not 0 <= v <= 1:
+            out.append(dataclasses.replace(base, gate=gate, value=v,
+                                           note=f"{whose} top-1 is missing, NaN or not a fraction in the report"))
+    if row.get("same_source_model") is not True:
+        out.append(dataclasses.replace(base, gate="same_source_model", note=(
+            "the artifact was converted from another model than the report's --model (or the report cannot confirm it "
+            "by sha256); evaluate it with the model it was converted from")))
+    return out
+
+
+def _gate_row(base: GateResult, row: dict, ref_top1, table: dict, host_cpu: str) -> list[GateResult]:
+    out = _integrity(base, row, ref_top1)
+    if any(r.gate == "images" for r in out):
+        return out
+    if table.get(UNGATED) is True:
+        return out + [dataclasses.replace(base, gate=UNGATED, passed=True, note="not gated: `ungated = true` in the gates file")]
+    gates = {**_profile_gates(row), **{k: v for k, v in table.items() if k != UNGATED}}
+    limits = _limits(base, row, gates, host_cpu)
+    if not any(r.gate != "max_p50_latency_ms" or not r.note.startswith("skipped") for r in limits):
+        out.append(dataclasses.replace(base, gate="gates", note=(
+            "no gate applies to this artifact (its target has no [gates], or its manifest is gone); set limits for it "
+            f"in a --gates file, or `{UNGATED} = true` to say it is not gated")))
+    return out + limits
+
+
+def _limits(base: GateResult, row: dict, gates: dict, host_cpu: str) -> list[GateResult]:
+    size = _num(row.get("size_bytes"))
+    drop = _num(row.get("drop_pp"))
+    checks = {
+        "max_top1_drop_pp": (None if drop is None else -drop, lambda v, l: v <= l),
+        "min_top1_ratio": (_num(row.get("ratio")), lambda v, l: v >= l),
+        "min_agreement": (_num(row.get("agreement")), lambda v, l: v >= l),
+        "max_size_mb": (None if size is None else size / 1e6, lambda v, l: v <= l),
+        "max_p50_latency_ms": (_num((row.get("latency") or {}).get("p50_ms")), lambda v, l: v <= l),
+    }
+    out = []
+    for gate, (value, ok) in checks.items():
+        limit = gates.get(gate)
+        if limit is None:
+            continue
+        r = dataclasses.replace(base, gate=gate, value=value, limit=float(limit))
+        if gate == "max_p50_latency_ms":
+            want = gates.get("latency_host")
+            if not want or want.lower() not in host_cpu.lower():
+                out.append(dataclasses.replace(r, passed=True, note=(
+                    f"skipped: report made on '{host_cpu}', gate is for '{want or 'no host named'}'")))
+                continue
+        if value is None:
+            out.append(dataclasses.replace(r, note="value missing, not a number, or NaN/inf in the report"))
+        else:
+            out.append(dataclasses.replace(r, passed=bool(ok(value, float(limit)))))
+    return out
+
+
+_XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    return _XML_BAD.sub("?", text)
+
+
 def junit_xml(results: list[GateResult]) -> str:
     failures = sum(not r.passed for r in results)
-    lines = [f'<?xml version="1.0" encoding="UTF-8"?>',
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              f'<testsuite name="xception-edge gates" tests="{len(results)}" failures="{failures}">']
     for r in results:
-        name = quoteattr(f"{r.gate}")
-        lines.append(f"  <testcase classname={quoteattr(r.target)} name={name}>")
+        lines.append(f"  <testcase classname={quoteattr(_xml(r.name))} name={quoteattr(_xml(r.gate))}>")
         if not r.passed:
-            lines.append(f"    <failure message={quoteattr(describe(r))}>{escape(describe(r))}</failure>")
+            lines.append(f"    <failure message={quoteattr(_xml(describe(r)))}>{escape(_xml(describe(r)))}</failure>")
         elif r.note:
-            lines.append(f"    <system-out>{escape(r.note)}</system-out>")
+            lines.append(f"    <system-out>{escape(_xml(r.note))}</system-out>")
         lines.append("  </testcase>")
     lines.append("</testsuite>")
     return "\n".join(lines) + "\n"
 
 
 def describe(r: GateResult) -> str:
+    who = r.name if not r.target or r.target == r.name else f"{r.name} ({r.target})"
     if r.note and r.value is None:
-        return f"{r.target}: {r.gate}: {r.note}"
+        return f"{who}: {r.gate}: {r.note}"
     value = "—" if r.value is None else f"{r.value + 0.0:.4g}"
     limit = "—" if r.limit is None else f"{r.limit:.4g}"
-    return f"{r.target}: {r.gate} = {value} (limit {limit}){' — ' + r.note if r.note else ''}"
+    return f"{who}: {r.gate} = {value} (limit {limit}){' — ' + r.note if r.note else ''}"
+
+
+def table_rows(results: list[GateResult]) -> list[GateResult]:
+    """For tables.gate_table (its first column reads `.target`, and rich reads markup): the folder
+    name in that column, markup escaped."""
+    from rich.markup import escape as plain
+
+    return [dataclasses.replace(r, target=plain(r.name), gate=plain(r.gate), note=plain(r.note)) for r in results]
 
 
 def inspect_hints(report: dict, results: list[GateResult]) -> list[str]:
-    """For each failed int8 target: the `inspect` command that names the layers to blame."""
-    failed = {r.target for r in results if not r.passed}
+    """For each failed int8 artifact: the `inspect` command that names the layers to blame."""
+    failed = {r.name for r in results if not r.passed}
     model = (report.get("model") or {}).get("spec", "MODEL")
     out = []
-    for row in report.get("artifacts", []):
-        if row.get("target") not in failed or row.get("precision") != "int8":
+    rows = report.get("artifacts") or []
+    for name, row in zip(row_names(rows), rows):
+        if name not in failed or row.get("precision") != "int8" or not isinstance(row.get("path"), str):
             continue
-        calib = "CALIBRATION"
-        try:
-            manifest = json.loads((Path(row["path"]) / "manifest.json").read_text(encoding="utf-8"))
-            calib = (manifest.get("calibration") or {}).get("source") or calib
-            if Path(calib).is_file():  # a list file: its paths are relative to the root calibration.txt records
-                header = (Path(row["path"]) / "calibration.txt").read_text(encoding="utf-8").splitlines()[:3]
-                root = next((h.split(":", 1)[1].strip() for h in header if h.startswith("# root:")), None)
-                calib += f" --calibration-root {root}" if root and Path(root) != Path(calib).parent else ""
-        except (OSError, KeyError, TypeError, ValueError):
-            pass
-        out.append(f"{row['target']}: to see which layers are to blame, run: xception-edge inspect {row['path']} "
-                   f"--model {model} --calibration {calib}  (then `convert --max-drop PP --validation DIR` keeps them in float)")
+        out.append(f"{name}: to see which layers are to blame, run: xception-edge inspect {row['path']} "
+                   f"--model {model} --calibration {_calibration_of(Path(row['path']))}  "
+                   "(then `convert --max-drop PP --validation DIR` keeps them in float)")
     return out
+
+
+def _calibration_of(folder: Path) -> str:
+    calib = "CALIBRATION"
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        calib = str((manifest.get("calibration") or {}).get("source") or calib)
+        if Path(calib).is_file():  # a list file: its paths are relative to the root calibration.txt records
+            header = (folder / "calibration.txt").read_text(encoding="utf-8").splitlines()[:3]
+            root = next((h.split(":", 1)[1].strip() for h in header if h.startswith("# root:")), None)
+            calib += f" --calibration-root {root}" if root and Path(root) != Path(calib).parent else ""
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, RecursionError):
+        pass
+    return calib

@@ -143,15 +143,7 @@ def _load_keras_file(path: Path, unsafe: bool):
 
 def _keras_applications(opts: KerasXceptionOptions):
     keras = frameworks.keras()
-    if opts.input_size < MIN_SIZE:
-        raise BadInput(f"--input-size {opts.input_size} is too small; Xception needs at least {MIN_SIZE}")
-    if opts.weights not in ("imagenet", "none"):
-        raise BadInput(f"--weights {opts.weights!r} must be 'imagenet' or 'none'")
-    if opts.weights == "imagenet" and opts.num_classes != 1000:
-        raise BadInput(
-            f"--num-classes {opts.num_classes}: ImageNet weights have 1000 classes; fine-tune first, "
-            "or use --weights none"
-        )
+    check_xception_options(opts)
     if opts.weights == "none":
         keras.utils.set_random_seed(0)  # deterministic random weights, so the sha256 is stable
     try:
@@ -160,11 +152,34 @@ def _keras_applications(opts: KerasXceptionOptions):
             input_shape=(opts.input_size, opts.input_size, 3),
             classes=opts.num_classes,
         )
-    except Exception as exc:  # the download path: offline machines end here
+    except Exception as exc:
+        text = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+        if (opts.weights == "imagenet" and isinstance(exc, OSError)) or "fetch" in text.lower() or "url" in text.lower():
+            raise BadInput(f"cannot download ImageNet weights for keras:xception ({text}); this needs the internet, "
+                           "or use --weights none") from None
+        raise BadInput(f"keras:xception cannot be built with these options: {text}") from None
+
+
+def check_xception_options(opts: KerasXceptionOptions) -> None:
+    """The stock Xception's options, checked before TensorFlow is imported."""
+    if opts.weights not in ("imagenet", "none"):
+        raise BadInput(f"--weights {opts.weights!r} must be 'imagenet' or 'none'")
+    if opts.input_size < MIN_SIZE:
+        raise BadInput(f"--input-size {opts.input_size} is too small; Xception needs at least {MIN_SIZE}")
+    if opts.input_size > 2048:
+        raise BadInput(f"--input-size {opts.input_size} is too large; use at most 2048")
+    if opts.num_classes < 2:
+        raise BadInput(f"--num-classes {opts.num_classes} must be at least 2 (a classifier's output)")
+    if opts.weights == "imagenet" and opts.num_classes != 1000:
         raise BadInput(
-            f"cannot get ImageNet weights for keras:xception ({exc.__class__.__name__}); "
-            "this needs the internet, or use --weights none"
-        ) from None
+            f"--num-classes {opts.num_classes}: ImageNet weights have 1000 classes; fine-tune first, "
+            "or use --weights none"
+        )
+    if opts.weights == "imagenet" and opts.input_size != 299:
+        raise BadInput(
+            f"--input-size {opts.input_size}: the ImageNet weights with their classifier take 299x299 inputs; "
+            "use --input-size 299, or --weights none for another size"
+        )
 
 
 def _wrap_saved_model(path: Path):
@@ -237,10 +252,28 @@ def load_source(spec: str, *, unsafe: bool = False, xception: KerasXceptionOptio
         raise BadInput(f"model {path} cannot be read: {exc.strerror}") from None
     if suffix == ".keras" and head[:4] != b"PK\x03\x04":
         raise BadInput(f"model {path} is not a .keras archive (a zip file); save it with model.save('name.keras')")
+    if suffix == ".keras":
+        _check_keras_archive(path)
     if suffix != ".keras" and head != b"\x89HDF\r\n\x1a\n":
         raise BadInput(f"model {path} is not an HDF5 file; save it with model.save('name.h5') or use .keras")
     model = _load_keras_file(path, unsafe)
     return _from_keras(spec, "keras" if suffix == ".keras" else "h5", model, sha256=_hash_path(path))
+
+
+def _check_keras_archive(path: Path) -> None:
+    """A .keras file is a zip with config.json; a truncated copy fails here, not as 'File not found'."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise BadInput(f"model {path} is a truncated or corrupt .keras archive ({exc}); copy or save it again") from None
+    if bad is not None:
+        raise BadInput(f"model {path} is a corrupt .keras archive ({bad} fails its CRC check); copy or save it again")
+    if "config.json" not in names:
+        raise BadInput(f"model {path} is a zip file without config.json, not a .keras model; save it with model.save('name.keras')")
 
 
 def _from_keras(spec: str, kind: str, model, sha256: str | None) -> SourceModel:

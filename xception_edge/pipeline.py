@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, console
-from .artifact import check_writable_dir, staged_dir, write_manifest
+from . import __version__, console, interrupts
+from .artifact import check_writable_dir, child_dir, output_lock, staged_dir, write_manifest
 from .calibration import CalibrationSet, ImageSource, build_calibration, open_source, sample_order
 from .convert import converter_for
 from .errors import BadInput, VerificationFailed, XceptionEdgeError
 from .hostinfo import host
-from .model_io import KerasXceptionOptions, SourceModel, load_source, resolve_labels
+from .model_io import KERAS_XCEPTION, KerasXceptionOptions, SourceModel, check_xception_options, load_source, resolve_labels
 from .preprocess import PreprocessSpec, load_images
 from .runtime import open_artifact
 from .targets import resolve_targets
@@ -84,13 +84,18 @@ def _tool_versions() -> dict[str, str]:
 
 def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | None, ImageSource | None]:
     """Everything that can be checked without TensorFlow."""
+    if req.seed < 0:
+        raise BadInput(f"--seed {req.seed} must be 0 or more (numpy's generator takes no negative seed)")
     profiles = resolve_targets(req.targets)
     if req.num_calibration is not None and req.num_calibration < 1:
         raise BadInput(f"--num-calibration {req.num_calibration} must be at least 1")
+    if req.model.lower() == KERAS_XCEPTION:
+        check_xception_options(req.xception)
     check_writable_dir(req.out)
     for p in profiles:
-        if (req.out / p.name).exists() and not req.force:
-            raise BadInput(f"{req.out / p.name} already exists; pass --force to overwrite it")
+        final = child_dir(req.out, p.name, f"{p.source}: target name")
+        if final.exists() and not req.force:
+            raise BadInput(f"{final} already exists; pass --force to overwrite it")
     if req.max_drop is not None:
         if req.validation is None:
             raise BadInput(f"--max-drop {req.max_drop:g} needs --validation DIR: labelled held-out images (class sub-folders "
@@ -139,6 +144,12 @@ def _verification_images(
 
 
 def run_convert(req: ConvertRequest) -> list[TargetResult]:
+    """Convert under an exclusive lock on --out (a run that writes nothing leaves no --out behind)."""
+    with output_lock(req.out, "--out"):
+        return _run_locked(req)
+
+
+def _run_locked(req: ConvertRequest) -> list[TargetResult]:
     profiles, calib_src, verify_src = precheck(req)
     src = load_source(req.model, unsafe=req.unsafe_model, xception=req.xception)
     for w in src.warnings:
@@ -182,6 +193,7 @@ def run_convert(req: ConvertRequest) -> list[TargetResult]:
     }
     with tempfile.TemporaryDirectory(prefix="xception-edge-") as workdir:
         for profile in profiles:
+            interrupts.check()
             n_cal = req.num_calibration or profile.calibration_size
             target_calib = calib.take(n_cal) if calib is not None and profile.precision.needs_calibration else None
             check = (images, reference, images_from)
@@ -243,7 +255,7 @@ def _check_verification(name: str, result: VerifyResult | None) -> None:
 
 def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, validation) -> TargetResult:
     t0 = time.perf_counter()
-    final = req.out / profile.name
+    final = child_dir(req.out, profile.name, f"{profile.source}: target name")
     console.info(f"[{profile.name}] converting: {profile.backend.value} {profile.precision.value}")
     try:
         with staged_dir(final, force=req.force) as stage:
@@ -269,12 +281,23 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
         return TargetResult(profile.name, profile.backend.value, profile.precision.value, str(final), size, seconds,
                             manifest["verification"], float_layers=(budget or {}).get("float_layers"),
                             float_mac_share=(budget or {}).get("float_mac_share"), drop_pp=(budget or {}).get("drop_pp"))
-    except XceptionEdgeError as exc:
+    except (XceptionEdgeError, OSError) as exc:
         if isinstance(exc, BadInput):
             raise
-        console.error(str(exc))
+        message = str(exc) if isinstance(exc, XceptionEdgeError) else _os_failure(profile.name, exc)
+        console.error(message)
         return TargetResult(profile.name, profile.backend.value, profile.precision.value, None, None,
-                            time.perf_counter() - t0, None, error=str(exc))
+                            time.perf_counter() - t0, None, error=message)
+
+
+def _os_failure(name: str, exc: OSError) -> str:
+    """A failed write or read while converting one target (a full disk, most often): one line."""
+    import errno
+
+    where = f" writing {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{name}: the disk is full{where}; free space and convert again (nothing was written)"
+    return f"{name}: {exc.strerror or exc}{where}; nothing was written for this target"
 
 
 def _print_verification(name: str, r: VerifyResult) -> None:
@@ -282,6 +305,8 @@ def _print_verification(name: str, r: VerifyResult) -> None:
     strict = f" (strict {r.strict_agreement:.1%})" if r.strict_agreement != r.agreement else ""
     if r.mode == "distribution":
         strict += f" [undecided source: gated on max |Δp| ≤ {r.max_abs_diff_limit:.4f}]"
+    if r.kernels:
+        console.info(f"[{name}] verify runs {r.kernels}")
     console.info(
         f"[{name}] verify: top-1 agreement {r.agreement:.1%}{strict} on {r.images} images (floor {r.floor:.0%}), "
         f"max |Δp| {r.max_abs_diff:.4f}, mean |Δp| {r.mean_abs_diff:.5f} — {mark}"

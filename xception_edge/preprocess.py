@@ -14,11 +14,12 @@ Optional ImageNet style: resize the shorter side to ``size / crop_fraction`` the
 from __future__ import annotations
 
 import dataclasses
+import struct
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput
 
@@ -27,8 +28,16 @@ RESIZE_MODES = ("resize", "crop")
 INTERPOLATIONS = ("bilinear", "bicubic")
 SCALINGS = ("xception",)
 
-# Large images are fine, decompression bombs are not; Pillow warns above this by default.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# The largest image decoded, in pixels (width x height): checked from the header, before any
+# pixel is decoded, so a tiny file claiming a huge size costs nothing. Larger ones are skipped
+# and listed like undecodable files. Pillow's own decompression-bomb check stays at its default.
+MAX_PIXELS = 40_000_000
+# What is decoded, recognised by content whatever the file's suffix; other formats are skipped.
+DECODED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")  # JPEG includes multi-picture (MPO) files
+# What Pillow raises on a corrupt, truncated or hostile file (found by tests/test_untrusted_inputs.py).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+# Pillow's own size check, which runs first when opening: its error, or its warning when warnings are errors.
+_PILLOW_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +101,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_size(size: tuple[int, int], path) -> None:
+    """Refuse an empty image or one above MAX_PIXELS, from its header size."""
+    w, h = size
+    if w < 1 or h < 1:
+        raise UndecodableImage(f"{path}: the image is {w}x{h} pixels (empty)")
+    if w * h > MAX_PIXELS:
+        raise UndecodableImage(
+            f"{path}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the {MAX_PIXELS / 1e6:g}-megapixel "
+            "limit; downscale it"
+        )
+
+
 def decode(path: str | Path) -> np.ndarray:
-    """Decode an image file to an HxWx3 uint8 RGB array, EXIF orientation applied."""
+    """Decode an image file to an HxWx3 uint8 RGB array, EXIF orientation applied.
+    Raises UndecodableImage for a file that is not a JPEG, PNG, BMP or WebP image, is
+    corrupt or truncated, or is larger than MAX_PIXELS (checked before decoding)."""
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
+        with Image.open(path, formats=DECODED_FORMATS) as img:
+            check_size(img.size, path)
+            img = ImageOps.exif_transpose(img)  # decodes the pixels
             img.load()
             return np.asarray(to_rgb(img), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise UndecodableImage(f"{path}: not a JPEG, PNG, BMP or WebP image") from None
+    except _PILLOW_BOMB as exc:
+        raise UndecodableImage(f"{path}: {exc.__class__.__name__}: {exc} (the limit here is {MAX_PIXELS / 1e6:g} megapixels)") from None
+    except _DECODE_ERRORS as exc:
         raise UndecodableImage(f"{path}: {exc.__class__.__name__}: {exc}") from None
 
 
@@ -116,11 +144,11 @@ def _bilinear_axis(in_len: int, out_len: int) -> tuple[np.ndarray, np.ndarray, n
 
 def resize_bilinear(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     """HxWxC array -> height x width x C float32, matching tf.image.resize(method='bilinear')."""
-    src = arr.astype(np.float32)
-    y0, y1, fy = _bilinear_axis(src.shape[0], height)
-    x0, x1, fx = _bilinear_axis(src.shape[1], width)
+    y0, y1, fy = _bilinear_axis(arr.shape[0], height)
+    x0, x1, fx = _bilinear_axis(arr.shape[1], width)
     fy = fy[:, None, None]
-    rows = src[y0] * (1.0 - fy) + src[y1] * fy
+    # gather the needed rows before the float32 cast: memory follows the output, not the image
+    rows = arr[y0].astype(np.float32) * (1.0 - fy) + arr[y1].astype(np.float32) * fy
     fx = fx[None, :, None]
     return rows[:, x0] * (1.0 - fx) + rows[:, x1] * fx
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -12,6 +14,9 @@ from .types import BACKEND_FORMATS, Backend, DType, Format, GateSpec, Precision,
 
 _SECTIONS = {"quantization": QuantSpec, "verify": VerifySpec, "gates": GateSpec}
 _ENUMS = {"backend": Backend, "format": Format, "precision": Precision, "input_dtype": DType, "output_dtype": DType}
+# A profile's name is its folder under --out: a plain name, never a path.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_INT_MAX = 2**31 - 1  # what every backend's C API takes
 
 
 def builtin_dir() -> Path:
@@ -52,14 +57,38 @@ def _section(table: dict, cls, where: str, path: Path):
             if not isinstance(value, bool):
                 raise BadInput(f"{path}: [{where}] {key} must be true or false, got {value!r}")
         elif "float" in hint or "int" in hint:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise BadInput(f"{path}: [{where}] {key} must be a number, got {value!r}")
-            if value < 0:
-                raise BadInput(f"{path}: [{where}] {key} must not be negative, got {value!r}")
+            value = _number(value, hint.startswith("int"), f"[{where}] {key}", path)
         elif "str" in hint and not isinstance(value, str):
             raise BadInput(f"{path}: [{where}] {key} must be a string, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _number(value, integer: bool, what: str, path: Path):
+    """A finite, non-negative number (a whole one when ``integer``); booleans are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        kind = "a whole number" if integer else "a number"
+        raise BadInput(f"{path}: {what} must be {kind}, got {value!r}")
+    if not integer:
+        try:
+            value = float(value)
+        except OverflowError:
+            raise BadInput(f"{path}: {what} = {value} is too large") from None
+        if not math.isfinite(value):
+            raise BadInput(f"{path}: {what} must be a finite number, got {value!r}")
+    if value < 0:
+        raise BadInput(f"{path}: {what} must not be negative, got {value!r}")
+    if integer and value > _INT_MAX:
+        raise BadInput(f"{path}: {what} = {value} is too large (at most {_INT_MAX})")
+    return value
+
+
+def _check_name(name: str, path: Path) -> None:
+    if not _NAME.fullmatch(name):
+        raise BadInput(
+            f"{path}: name = {name!r} is not a plain name; use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (it names the artifact's folder under --out)"
+        )
 
 
 def load_profile(path: str | Path) -> TargetProfile:
@@ -78,6 +107,8 @@ def load_profile(path: str | Path) -> TargetProfile:
 
 def profile_from_dict(data: dict, where: str | Path) -> TargetProfile:
     """The profile an artifact was converted with, from its manifest's ``profile`` record."""
+    if not isinstance(data, dict):
+        raise BadInput(f"{where}: the profile record must be a table, got {type(data).__name__}")
     source = str(data.get("source") or where)
     data = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
             for k, v in data.items() if k != "source" and v is not None}
@@ -102,8 +133,8 @@ def _from_data(data: dict, path: Path, source: str) -> TargetProfile:
                 raise BadInput(f"{path}: {key} must be true or false, got {value!r}")
             kwargs[key] = value
         elif key in ("calibration_size", "threads"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BadInput(f"{path}: {key} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
+                raise BadInput(f"{path}: {key} must be a positive integer (at most {_INT_MAX}), got {value!r}")
             kwargs[key] = value
         else:
             if not isinstance(value, str):
@@ -112,6 +143,7 @@ def _from_data(data: dict, path: Path, source: str) -> TargetProfile:
     for required in ("name", "backend", "format", "precision"):
         if required not in kwargs:
             raise BadInput(f"{path}: missing required key '{required}'")
+    _check_name(kwargs["name"], path)
     kwargs.setdefault("description", "")
     profile = TargetProfile(**kwargs)
     _check_consistent(profile, path)
@@ -139,6 +171,7 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
         ("weight_dtype", q.weight_dtype, ("int8", "uint8")),
         ("calibration_method", q.calibration_method, ("minmax", "entropy", "percentile")),
         ("preset", q.preset, ("performance", "mixed")),
+        ("overflow_fix", q.overflow_fix, ("enable", "first_layer", "disable")),
     ):
         if value not in allowed:
             raise BadInput(f"{path}: [quantization] {key} = {value!r} is not one of: {', '.join(allowed)}")
@@ -155,6 +188,9 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
         raise BadInput(f"{path}: [quantization] max_float_mac_share must be within 0..1, got {q.max_float_mac_share!r}")
     if q.subset_size is not None and (not isinstance(q.subset_size, int) or q.subset_size < 1):
         raise BadInput(f"{path}: [quantization] subset_size must be a positive integer (or left out for all images), got {q.subset_size!r}")
+    from .gates import check_limits  # the one validator of gate limits (finite; ratios and agreements within 0..1)
+
+    check_limits(dataclasses.asdict(p.gates), f"{path}: [gates]")
 
 
 def resolve_target(spec: str) -> TargetProfile:
@@ -172,21 +208,19 @@ def resolve_target(spec: str) -> TargetProfile:
     return profile
 
 
-def resolve_targets(specs: tuple[str, ...] | list[str], *, backends: tuple[Backend, ...] | None = None) -> list[TargetProfile]:
-    """Expand ``all`` and remove duplicates, keeping order."""
-    out: list[TargetProfile] = []
-    seen: set[str] = set()
+def resolve_targets(specs: tuple[str, ...] | list[str]) -> list[TargetProfile]:
+    """Expand ``all`` and drop repeats of the same profile, keeping order. Two different
+    profiles with one name (they would write the same ``OUT/<name>/``) are an error."""
+    out: dict[str, TargetProfile] = {}
     for spec in specs:
-        if spec == "all":
-            profiles = [resolve_target(n) for n in builtin_names()]
-            if backends is not None:
-                profiles = [p for p in profiles if p.backend in backends]
-        else:
-            profiles = [resolve_target(spec)]
+        profiles = [resolve_target(n) for n in builtin_names()] if spec == "all" else [resolve_target(spec)]
         for p in profiles:
-            if p.name not in seen:
-                seen.add(p.name)
-                out.append(p)
+            first = out.setdefault(p.name, p)
+            if dataclasses.replace(first, source="") != dataclasses.replace(p, source=""):
+                raise BadInput(
+                    f"two different target profiles are named '{p.name}': {first.source} and {p.source}; "
+                    "rename one (the name is the artifact's folder under --out)"
+                )
     if not out:
         raise BadInput("no target given; use --target NAME (see `xception-edge targets list`)")
-    return out
+    return list(out.values())

@@ -56,6 +56,7 @@ class QuantSpec:
     calibration_method: str = "minmax"  # minmax | entropy | percentile (ONNX Runtime)
     preset: str = "performance"  # NNCF: performance | mixed
     fast_bias_correction: bool = True  # NNCF
+    overflow_fix: str = "first_layer"  # NNCF: enable | first_layer | disable (7-bit weights against AVX2 saturation)
     subset_size: int | None = None  # NNCF: calibration images used for statistics (None: all of them)
     ignored_scope: tuple[str, ...] = ()  # layer names kept in float
     max_float_mac_share: float = 0.2  # convert --max-drop: the most of the model's MACs it may keep in float

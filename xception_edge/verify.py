@@ -33,6 +33,7 @@ class VerifyResult:
     reference_max_prob: float  # mean top-1 probability of the source: near 1/classes = untrained
     mode: str = "top1"  # "top1": gated on agreement; "distribution": undecided source, gated on max |Δp|
     max_abs_diff_limit: float | None = None
+    kernels: str | None = None  # how the runtime ran the artifact when not with its usual kernels (Runtime.note)
 
     @property
     def passed(self) -> bool:
@@ -80,4 +81,5 @@ def compare(reference: np.ndarray, candidate: np.ndarray, floor: float, images_f
 def verify(runtime: Runtime, images: np.ndarray, reference: np.ndarray, floor: float, images_from: str) -> VerifyResult:
     out = runtime.output_spec
     tol = out.scale if out.quantized else 0.0
-    return compare(reference, runtime.predict(images), floor, images_from, tie_tolerance=tol)
+    result = compare(reference, runtime.predict(images), floor, images_from, tie_tolerance=tol)
+    return dataclasses.replace(result, kernels=runtime.note) if runtime.note else result

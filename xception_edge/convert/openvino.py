@@ -100,13 +100,19 @@ def _nncf_progress_to_stderr():
             yield
 
 
+# [quantization] overflow_fix -> NNCF's OverflowFix: 7-bit weights where AVX2/AVX-512 (no VNNI)
+# int8 kernels would saturate their 16-bit intermediate sums.
+OVERFLOW_FIX = {"enable": "enable", "first_layer": "first_layer_only", "disable": "disable"}
+
+
 def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: list[str], accuracy_control=None, layer_ops=None):
     nncf = frameworks.nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix, QuantizationParameters
 
     q = profile.quantization
     subset = min(q.subset_size or len(calib), len(calib))
-    advanced = AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(per_channel=profile.per_channel))
+    advanced = AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(per_channel=profile.per_channel),
+                                              overflow_fix=OverflowFix(OVERFLOW_FIX[q.overflow_fix]))
     kwargs = {
         "preset": nncf.QuantizationPreset(q.preset),
         "subset_size": subset,

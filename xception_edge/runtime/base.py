@@ -55,12 +55,16 @@ class Runtime(abc.ABC):
     """An opened artifact. Subclasses implement ``_load`` and ``invoke`` (one raw batch)."""
 
     backend = ""
+    note: str | None = None  # set when the artifact runs here with other kernels than on its device
 
     def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
         self.folder = Path(folder)
         self.manifest = manifest
         # --threads wins; else the profile's count, capped at this machine's cores
         self.threads = int(threads or min(int(manifest.get("threads") or 1), os.cpu_count() or 1))
+        from ..records import relative_file
+
+        self.model_path = relative_file(manifest["model_file"], self.folder, f"{self.folder}: model_file")
         io = manifest["io"]
         self.input_spec = TensorSpec.from_dict(io["input"])
         self.output_spec = TensorSpec.from_dict(io["output"])

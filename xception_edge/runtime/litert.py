@@ -15,7 +15,7 @@ class LiteRTRuntime(Runtime):
 
     def _load(self) -> None:
         Interpreter = frameworks.litert_interpreter()
-        model_path = self.folder / self.manifest["model_file"]
+        model_path = self.model_path
         try:
             self.interpreter = Interpreter(model_path=str(model_path), num_threads=self.threads)
             self.interpreter.allocate_tensors()

@@ -22,7 +22,7 @@ class OpenVINORuntime(Runtime):
 
     def _load(self) -> None:
         ov = frameworks.openvino()
-        model_path = self.folder / self.manifest["model_file"]
+        model_path = self.model_path
         self.device = DEVICE
         self.config = {
             "PERFORMANCE_HINT": "LATENCY",
