@@ -297,3 +297,24 @@ def test_bench_names_the_artifact_folder_and_reference_needs_data(openvino_run, 
     ref.write_text(json.dumps({"predictions": {"a.png": "a"}}))
     r = cli("bench", out / "openvino-fp32", "--reference", ref)
     assert r.returncode == 2 and "add --data" in one_error_line(r)
+
+
+def test_an_interrupt_inside_a_finalizer_prints_no_traceback_and_is_remembered():
+    """TensorFlow's AtomicFunction.__del__ is where Ctrl-C lands now and then: Python prints
+    'Exception ignored in ...' with a traceback and carries on. The CLI's hook stays quiet and
+    remembers the interrupt, so the run still ends with 130."""
+    code = textwrap.dedent("""
+        import os, signal, time
+        from xception_edge import interrupts
+        interrupts.install()
+        class Finalized:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+        f = Finalized()
+        del f
+        print("carried on; interrupted:", interrupts.interrupted(), interrupts.exit_code())
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "carried on; interrupted: True 130"
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr

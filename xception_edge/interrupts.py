@@ -10,6 +10,7 @@ place, between targets), so a swallowed interrupt still ends the run with exit 1
 from __future__ import annotations
 
 import signal
+import sys
 
 _state = {"signal": 0}
 
@@ -19,10 +20,24 @@ def _handler(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _unraisable(hook):
+    def quiet(unraisable) -> None:
+        """An interrupt that landed in a finalizer (``Exception ignored in ... __del__``): Python
+        would print its traceback; the handler has recorded it, so say nothing."""
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _state["signal"] = _state["signal"] or signal.SIGINT
+            return
+        hook(unraisable)
+
+    return quiet
+
+
 def install() -> None:
-    """Handle SIGINT (and SIGTERM) in the main thread, whatever the parent set."""
+    """Handle SIGINT (and SIGTERM) in the main thread, whatever the parent set; an interrupt
+    swallowed in a finalizer prints no traceback and still stops the run."""
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
 
 
 def interrupted() -> bool:
