@@ -158,3 +158,40 @@ def test_a_model_file_is_not_a_folder(tmp_path):
     d, _ = _artifact(tmp_path)
     with pytest.raises(BadInput, match="pass the artifact folder"):
         read_manifest(d / "model.onnx")
+
+
+# ---------------------------------------------------------------- property-based: any manifest
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_paths = st.sampled_from([
+    (), ("files",), ("files", "model.onnx"), ("files", "model.onnx", "sha256"), ("files", "model.onnx", "bytes"),
+    ("io",), ("io", "input"), ("io", "input", "shape"), ("io", "input", "scale"), ("io", "output", "dtype"),
+    ("model_file",), ("labels",), ("preprocessing",), ("preprocessing", "height"), ("preprocessing", "crop_fraction"),
+    ("target",), ("backend",), ("precision",), ("threads",), ("profile",), ("schema_version",),
+])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=_paths, value=_json, key=st.text(max_size=10))
+def test_any_manifest_reads_or_is_bad_input(tmp_path_factory, path, value, key):
+    """A manifest with any JSON value put anywhere the reader looks: it reads, or it is BadInput."""
+    d, _ = _artifact(tmp_path_factory.mktemp("m"))
+    m = json.loads((d / "manifest.json").read_text())
+    node = m
+    for part in path[:-1]:
+        node = node[part]
+    if path:
+        node[path[-1]] = value
+    else:
+        m[key] = value
+    (d / "manifest.json").write_text(json.dumps(m))
+    try:
+        read_manifest(d)
+    except BadInput as exc:
+        assert "\n" not in str(exc)
