@@ -32,11 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from xception_edge import console  # noqa: E402
 from xception_edge.calibration import build_calibration, open_source  # noqa: E402
-from xception_edge.convert.onnx import OPSET, quantize_qdq, u8s8_overflow_pairs  # noqa: E402
+from xception_edge.backends.onnxruntime.convert import OPSET, quantize_qdq, u8s8_overflow_pairs  # noqa: E402
 from xception_edge.hostinfo import host  # noqa: E402
 from xception_edge.model_io import load_source  # noqa: E402
 from xception_edge.preprocess import PreprocessSpec, list_images, load_images  # noqa: E402
-from xception_edge.runtime.onnxruntime import make_session  # noqa: E402
+from xception_edge.backends.onnxruntime.runtime import make_session  # noqa: E402
 from xception_edge.types import QuantSpec  # noqa: E402
 
 

@@ -87,3 +87,23 @@ def outlier_model(small_model, tmp_path_factory):
     path, train, val = small_model
     out = plant_outlier_channel(path, tmp_path_factory.mktemp("outlier") / "outlier.keras", "block3_sepconv1", 1000.0)
     return out, train, val
+
+
+@pytest.fixture(scope="session")
+def converted_all(small_model, tmp_path_factory):
+    """The small model converted to every built-in target once, for every test to share.
+    Returns (out_dir, {target: result dict}, small_model)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from xception_edge.cli import cli
+
+    model, train, val = small_model
+    out = tmp_path_factory.mktemp("all") / "out"
+    r = CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", "all", "--calibration", str(train),
+                                 "--num-calibration", "60", "--verify-data", str(val), "--out", str(out), "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    results = {x["target"]: x for x in json.loads(r.stdout)["results"]}
+    return out, results, small_model

@@ -157,7 +157,7 @@ def test_real_entry_point_prints_one_line_and_exit_2(tmp_path):
 
 
 def test_cli_imports_no_heavy_framework():
-    code = ("import sys, xception_edge.cli, xception_edge.runtime, xception_edge.runtime.litert, xception_edge.preprocess; "
+    code = ("import sys, xception_edge.cli, xception_edge.runtime, xception_edge.backends.litert.runtime, xception_edge.preprocess; "
             "print(' '.join(m for m in ('tensorflow','keras','openvino','onnxruntime','nncf','tf2onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

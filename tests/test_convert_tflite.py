@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from xception_edge.artifact import read_manifest
 from xception_edge.cli import cli
-from xception_edge.convert.tflite import op_summary
+from xception_edge.backends.litert.convert import op_summary
 from xception_edge.preprocess import PreprocessSpec, load_images, list_images
 from xception_edge.runtime import open_artifact
 

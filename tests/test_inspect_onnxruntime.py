@@ -8,7 +8,7 @@ import re
 import pytest
 
 from xception_edge.inspection import backend_module
-from xception_edge.inspection import onnxruntime as ort_inspect
+from xception_edge.backends.onnxruntime import inspect as ort_inspect
 from xception_edge.inspection.base import finish
 from xception_edge.inspection.context import open_context
 from xception_edge.pipeline import ConvertRequest, run_convert

@@ -1,4 +1,4 @@
-"""Per-layer quantization error of an NNCF int8 OpenVINO IR (inspection/openvino.py), with the
+"""Per-layer quantization error of an NNCF int8 OpenVINO IR (backends/openvino/inspect.py), with the
 real OpenVINO and NNCF, on the small trained Xception-family model."""
 
 import dataclasses

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from xception_edge.artifact import read_manifest
 from xception_edge.cli import cli
-from xception_edge.convert.tflite import interpreter, op_layers, op_summary
+from xception_edge.backends.litert.convert import interpreter, op_layers, op_summary
 from xception_edge.inspection.base import SQNR_CAP_DB, finish
 from xception_edge.inspection.context import open_context
-from xception_edge.inspection.tflite import measure
+from xception_edge.backends.litert.inspect import measure
 from xception_edge.pipeline import ConvertRequest, run_convert
 
 KEEP = "block3_sepconv1"

@@ -144,7 +144,7 @@ def test_every_backend_agrees_with_keras_on_the_same_nhwc_images(converted, held
 
     model, train, val = small_model
     x, _, ref = held_out
-    targets = ["litert-fp32"] + [t for t in ("openvino-fp32",) if importlib.util.find_spec("xception_edge.convert.openvino")]
+    targets = ["litert-fp32"] + [t for t in ("openvino-fp32",) if importlib.util.find_spec("xception_edge.backends.openvino.convert")]
     r = run("convert", "--model", model, *[a for t in targets for a in ("--target", t)], "--verify-data", val,
             "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output

@@ -208,7 +208,7 @@ def test_bad_ignored_scope_name_is_a_one_line_error(small_model, tmp_path):
 
 def test_ignored_scope_entries_resolve_to_op_names(small_model, tmp_path):
     """Keras layers map to their ops, OpenVINO op names pass through, a weightless layer is refused."""
-    from xception_edge.convert.openvino import name_keras_layers, resolve_ignored_scope
+    from xception_edge.backends.openvino.convert import name_keras_layers, resolve_ignored_scope
     from xception_edge.model_io import load_source
     from xception_edge.targets import load_profile
 

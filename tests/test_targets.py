@@ -5,7 +5,7 @@ import pytest
 
 from xception_edge.errors import BadInput
 from xception_edge.targets import builtin_names, load_profile, resolve_target, resolve_targets
-from xception_edge.types import Backend, DType, Precision
+from xception_edge.types import DType, Precision
 
 
 def test_builtin_litert_targets_have_the_promised_settings():
@@ -14,7 +14,7 @@ def test_builtin_litert_targets_have_the_promised_settings():
         assert n in names
     p = resolve_target("arm64-litert-int8")
     assert (p.backend, p.precision, p.input_dtype, p.output_dtype, p.per_channel) == (
-        Backend.LITERT, Precision.INT8, DType.INT8, DType.INT8, True)
+        "litert", Precision.INT8, DType.INT8, DType.INT8, True)
     assert p.calibration_size == 300 and p.gates.max_top1_drop_pp is not None
     assert resolve_target("arm64-litert-fp16").precision is Precision.FP16
     assert resolve_target("litert-dynamic-int8").precision is Precision.DYNAMIC_INT8

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import console
+from . import backends, console
 from .accuracy import topk_hits
 from .calibration import sha256_file
 from .errors import BadInput, ConversionFailed
 from .inspection.layers import float_mac_share, layer_parts
 from .preprocess import PreprocessSpec, load_images
-from .types import Backend, Precision, TargetProfile
+from .types import Precision, TargetProfile
 
 MEASURE_IMAGES = 32  # calibration images the per-layer ranking is measured on
 
@@ -125,22 +125,23 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
             "precision; the artifact was not written")
 
     ctx = InspectContext(stage, manifest, profile, src, calib, calib.images[:MEASURE_IMAGES], workdir, parts)
-    ranked = blame(finish(backend_module(profile.backend.value).measure(ctx), parts), base_scope)
+    ranked = blame(finish(backend_module(profile.backend).measure(ctx), parts), base_scope)
     console.info(f"[{profile.name}] over budget; most harmful layers (inspect's ranking): {', '.join(ranked[:5])}")
     fitting = [k for k in _sizes(len(ranked)) if float_mac_share(parts, base_scope + tuple(ranked[:k])) <= limit]
     best = (drop, list(base_scope))
-    if profile.backend is Backend.OPENVINO:
-        built = _nncf_accuracy_control(profile, max_drop, validation, parts, build, stage, attempts, record)
+    own = backends.get(profile.backend).accuracy()
+    if own is not None:  # the backend's own accuracy-aware quantization first
+        built = own.try_accuracy_control(profile, max_drop, validation, parts, build, stage, attempts, record)
         if built is not None:
             return built
-        nncf_try = attempts[-1]
-        if nncf_try["drop_pp"] < best[0] and nncf_try["float_mac_share"] <= limit:
-            best = (nncf_try["drop_pp"], nncf_try["float_layers"])
+        own_try = attempts[-1]
+        if own_try["drop_pp"] < best[0] and own_try["float_mac_share"] <= limit:
+            best = (own_try["drop_pp"], own_try["float_layers"])
     for k in fitting:
         scope = base_scope + tuple(ranked[:k])
         share = float_mac_share(parts, scope)
         trial = dataclasses.replace(profile, quantization=dataclasses.replace(profile.quantization, ignored_scope=scope))
-        _clear(stage)
+        clear_stage(stage)
         manifest, runtime, result = build(trial)
         drop = drop_pp(validation, runtime)
         attempts.append({"float_layers": list(scope), "float_mac_share": round(share, 6), "drop_pp": round(drop, 3)})
@@ -159,29 +160,9 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
     )
 
 
-def _clear(stage: Path) -> None:
+def clear_stage(stage: Path) -> None:
     """Remove the previous attempt's files from the staging folder."""
     for child in stage.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _nncf_accuracy_control(profile, max_drop, validation: Validation, parts, build, stage: Path, attempts: list, record: dict):
-    """OpenVINO's own accuracy-aware quantization first: NNCF ranks quantizers by the metric itself
-    and reverts as few as it can; its model becomes the artifact if our f32 measurement agrees and
-    its float layers fit the MAC limit. Otherwise the SQNR-ranked loop goes on (None)."""
-    from .convert.openvino import AccuracyControl
-
-    _clear(stage)
-    ac = AccuracyControl(validation.images, validation.labels, max_drop)
-    manifest, runtime, result = build(profile, accuracy_control=ac)
-    drop = drop_pp(validation, runtime)
-    layers = list(profile.quantization.ignored_scope) + manifest["conversion"]["nncf"]["accuracy_control"]["float_layers"]
-    share = float_mac_share(parts, layers)
-    attempts.append({"method": "nncf.quantize_with_accuracy_control", "float_layers": layers,
-                     "float_mac_share": round(share, 6), "drop_pp": round(drop, 3)})
-    console.info(f"[{profile.name}] NNCF accuracy control: {len(layers)} layer(s) in float ({share:.1%} of MACs): "
-                 f"top-1 drop {drop:.2f} pp")
-    if drop <= max_drop and share <= profile.quantization.max_float_mac_share:
-        return manifest, result, {**record, "method": "nncf.quantize_with_accuracy_control", "drop_pp": round(drop, 3),
-                                  "float_layers": layers, "float_mac_share": round(share, 6), "attempts": attempts}
-    return None

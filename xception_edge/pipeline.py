@@ -72,9 +72,11 @@ class TargetResult:
 
 
 def _tool_versions() -> dict[str, str]:
+    from . import backends
+
     out = {"xception-edge": __version__}
-    for dist in ("numpy", "pillow", "tensorflow", "keras", "ai-edge-litert", "tflite-runtime", "openvino", "nncf",
-                 "onnx", "onnxruntime", "tf2onnx"):
+    dists = ["numpy", "pillow"] + [d for spec in backends.registry().values() for d in spec.tools]
+    for dist in dict.fromkeys(dists):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -216,8 +218,8 @@ def _build(profile, src: SourceModel, calib, stage: Path, workdir: Path, common:
         "target": profile.name,
         "description": profile.description,
         "hardware": profile.hardware,
-        "backend": profile.backend.value,
-        "format": profile.format.value,
+        "backend": profile.backend,
+        "format": profile.format,
         "precision": profile.precision.value,
         "threads": profile.threads,
         "model_file": converted.model_file,
@@ -256,7 +258,7 @@ def _check_verification(name: str, result: VerifyResult | None) -> None:
 def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, validation) -> TargetResult:
     t0 = time.perf_counter()
     final = child_dir(req.out, profile.name, f"{profile.source}: target name")
-    console.info(f"[{profile.name}] converting: {profile.backend.value} {profile.precision.value}")
+    console.info(f"[{profile.name}] converting: {profile.backend} {profile.precision.value}")
     try:
         with staged_dir(final, force=req.force) as stage:
             budget = None
@@ -278,7 +280,7 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
             manifest.pop("files", None)
             files = write_manifest(stage, manifest)["files"]
             size = sum(e["bytes"] for name, e in files.items() if name not in ("labels.txt", "calibration.txt"))
-        return TargetResult(profile.name, profile.backend.value, profile.precision.value, str(final), size, seconds,
+        return TargetResult(profile.name, profile.backend, profile.precision.value, str(final), size, seconds,
                             manifest["verification"], float_layers=(budget or {}).get("float_layers"),
                             float_mac_share=(budget or {}).get("float_mac_share"), drop_pp=(budget or {}).get("drop_pp"))
     except (XceptionEdgeError, OSError) as exc:
@@ -286,7 +288,7 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
             raise
         message = str(exc) if isinstance(exc, XceptionEdgeError) else _os_failure(profile.name, exc)
         console.error(message)
-        return TargetResult(profile.name, profile.backend.value, profile.precision.value, None, None,
+        return TargetResult(profile.name, profile.backend, profile.precision.value, None, None,
                             time.perf_counter() - t0, None, error=message)
 
 

@@ -22,7 +22,13 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 code{font-size:0.9em}
 details{margin:0.5em 0}
 """
-_BACKEND_COLOURS = {"keras": "#222222", "litert": "#1f77b4", "openvino": "#9467bd", "onnxruntime": "#2ca02c"}
+
+
+def backend_colours() -> dict[str, str]:
+    from . import backends
+
+    return {"keras": "#222222", **{name: spec.colour for name, spec in backends.registry().items()}}
+
 _MARKERS = {"fp32": "o", "fp16": "s", "dynamic-int8": "D", "int8": "^"}
 
 
@@ -74,13 +80,14 @@ def plots(report: dict) -> dict[str, str]:
 
     rs = rows(report)
     ref = report["reference"]
+    colours = backend_colours()
     out = {}
 
     # accuracy vs p50 latency: the trade-off picture
     fig, ax = plt.subplots(figsize=(9, 5.5))
     pts = [(r["latency"]["p50_ms"], 100 * r["top1"], r) for r in rs]
     for x, y, r in pts:
-        ax.scatter(x, y, s=110 if r is ref else 55, color=_BACKEND_COLOURS.get(r["backend"], "#ff7f0e"),
+        ax.scatter(x, y, s=110 if r is ref else 55, color=colours.get(r["backend"], "#ff7f0e"),
                    marker="*" if r is ref else _MARKERS.get(r["precision"], "o"), zorder=3, edgecolor="white")
     ax.axhline(100 * ref["top1"], color="#888", ls="--", lw=1, label=f"Keras fp32 top-1 {100 * ref['top1']:.2f}%")
     ax.axhline(100 * ref["top1"] * report["settings"]["mlperf_ratio"], color="#c44", ls=":", lw=1,
@@ -95,7 +102,7 @@ def plots(report: dict) -> dict[str, str]:
     ax.set_title("Accuracy vs latency (colour: backend, marker: precision)")
     ax.grid(True, which="both", alpha=0.3)
     _label_points(fig, ax, pts)
-    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=b) for b, c in _BACKEND_COLOURS.items()
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=b) for b, c in colours.items()
                if any(r["backend"] == b for r in rs)]
     handles += [plt.Line2D([], [], color="#555", marker=m, ls="", label=p) for p, m in _MARKERS.items()
                 if any(r["precision"] == p for r in report["artifacts"])]

@@ -45,7 +45,7 @@ def targets_table(profiles) -> None:
     for col in ("name", "backend", "precision", "in/out", "hardware", "description"):
         t.add_column(col, no_wrap=col != "description")
     for p in profiles:
-        t.add_row(p.name, p.backend.value, p.precision.value, f"{p.input_dtype.value}/{p.output_dtype.value}",
+        t.add_row(p.name, p.backend, p.precision.value, f"{p.input_dtype.value}/{p.output_dtype.value}",
                   p.hardware, p.description)
     Console().print(t)
 

@@ -10,10 +10,10 @@ import tomllib
 from pathlib import Path
 
 from .errors import BadInput
-from .types import BACKEND_FORMATS, Backend, DType, Format, GateSpec, Precision, QuantSpec, TargetProfile, VerifySpec
+from .types import DType, GateSpec, Precision, QuantSpec, TargetProfile, VerifySpec
 
 _SECTIONS = {"quantization": QuantSpec, "verify": VerifySpec, "gates": GateSpec}
-_ENUMS = {"backend": Backend, "format": Format, "precision": Precision, "input_dtype": DType, "output_dtype": DType}
+_ENUMS = {"precision": Precision, "input_dtype": DType, "output_dtype": DType}
 # A profile's name is its folder under --out: a plain name, never a path.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _INT_MAX = 2**31 - 1  # what every backend's C API takes
@@ -151,14 +151,17 @@ def _from_data(data: dict, path: Path, source: str) -> TargetProfile:
 
 
 def _check_consistent(p: TargetProfile, path: Path) -> None:
-    if p.format not in BACKEND_FORMATS[p.backend]:
-        allowed = ", ".join(f.value for f in BACKEND_FORMATS[p.backend])
-        raise BadInput(f"{path}: backend {p.backend.value} writes format {allowed}, not {p.format.value}")
-    if p.backend is Backend.OPENVINO:
-        if p.precision is Precision.DYNAMIC_INT8:
-            raise BadInput(f"{path}: OpenVINO targets take precision fp32, fp16 or int8 (NNCF), not dynamic-int8")
-        if p.input_dtype is not DType.FLOAT32 or p.output_dtype is not DType.FLOAT32:
-            raise BadInput(f"{path}: OpenVINO IRs keep float32 input and output (int8 sits inside); remove input_dtype/output_dtype")
+    from . import backends
+
+    spec = backends.get(p.backend, str(path))
+    if p.format not in spec.formats:
+        raise BadInput(f"{path}: backend {p.backend} writes format {', '.join(spec.formats)}, not {p.format}")
+    if p.precision.value not in spec.precisions:
+        quoted = [f'"{x}"' for x in spec.precisions]
+        allowed = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+        raise BadInput(f"{path}: {p.backend} targets support precision {allowed}, not {p.precision.value}")
+    if spec.check_profile is not None:
+        spec.check_profile(p, path)
     if p.precision is not Precision.INT8 and (p.input_dtype is not DType.FLOAT32 or p.output_dtype is not DType.FLOAT32):
         raise BadInput(f"{path}: input/output dtype other than float32 needs precision = \"int8\"")
     if not 0.0 <= p.verify.min_agreement <= 1.0:
@@ -175,15 +178,8 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
     ):
         if value not in allowed:
             raise BadInput(f"{path}: [quantization] {key} = {value!r} is not one of: {', '.join(allowed)}")
-    if p.backend is Backend.ONNXRUNTIME:
-        if p.precision not in (Precision.FP32, Precision.INT8):
-            raise BadInput(f"{path}: onnxruntime targets support precision \"fp32\" or \"int8\" (QDQ), not {p.precision.value!r}")
-        if p.input_dtype is not DType.FLOAT32 or p.output_dtype is not DType.FLOAT32:
-            raise BadInput(f"{path}: onnxruntime int8 (QDQ) keeps float32 input and output; remove input_dtype/output_dtype")
-        if q.activation_dtype == "int8" and q.weight_dtype == "uint8":
-            raise BadInput(f"{path}: ONNX Runtime has no int8-activation x uint8-weight kernels; set [quantization] weight_dtype = \"int8\"")
-    elif q.x86_without_vnni:
-        raise BadInput(f"{path}: [quantization] x86_without_vnni is an onnxruntime setting; remove it for backend {p.backend.value}")
+    if q.x86_without_vnni and p.backend != "onnxruntime":
+        raise BadInput(f"{path}: [quantization] x86_without_vnni is an onnxruntime setting; remove it for backend {p.backend}")
     if not 0.0 <= q.max_float_mac_share <= 1.0:
         raise BadInput(f"{path}: [quantization] max_float_mac_share must be within 0..1, got {q.max_float_mac_share!r}")
     if q.subset_size is not None and (not isinstance(q.subset_size, int) or q.subset_size < 1):

@@ -6,18 +6,6 @@ import dataclasses
 import enum
 
 
-class Backend(str, enum.Enum):
-    LITERT = "litert"
-    OPENVINO = "openvino"
-    ONNXRUNTIME = "onnxruntime"
-
-
-class Format(str, enum.Enum):
-    TFLITE = "tflite"
-    OPENVINO_IR = "openvino-ir"
-    ONNX = "onnx"
-
-
 class Precision(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"
@@ -33,16 +21,6 @@ class DType(str, enum.Enum):
     FLOAT32 = "float32"
     INT8 = "int8"
     UINT8 = "uint8"
-
-
-BACKEND_FORMATS = {
-    Backend.LITERT: (Format.TFLITE,),
-    Backend.OPENVINO: (Format.OPENVINO_IR,),
-    Backend.ONNXRUNTIME: (Format.ONNX,),
-}
-
-# Which pip extra brings each backend's converter / runtime.
-BACKEND_EXTRA = {Backend.LITERT: "device", Backend.OPENVINO: "convert", Backend.ONNXRUNTIME: "convert"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +64,8 @@ class GateSpec:
 class TargetProfile:
     name: str
     description: str
-    backend: Backend
-    format: Format
+    backend: str  # a name in the backend registry (xception_edge.backends)
+    format: str  # one of that backend's formats
     precision: Precision
     hardware: str = ""
     input_dtype: DType = DType.FLOAT32

@@ -68,13 +68,14 @@ def plot(result: dict, marked: int = 3) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report_html import _BACKEND_COLOURS, _label_points, _png
+    from ..report_html import backend_colours, _label_points, _png
 
+    colours = backend_colours()
     arts = [a for a in result["artifacts"] if any(e["order"] < 10**9 for e in a["layers"])]
     fig, axes = plt.subplots(len(arts), 1, figsize=(11, 2.3 * len(arts) + 0.6), sharex=True, squeeze=False)
     for ax, a in zip(axes[:, 0], arts):
         pts = sorted((e for e in a["layers"] if e["order"] < 10**9), key=lambda e: e["order"])
-        colour = _BACKEND_COLOURS.get(a["backend"], "#444")
+        colour = colours.get(a["backend"], "#444")
         ax.plot([e["order"] for e in pts], [e["sqnr_db"] for e in pts], "-", color=colour, lw=1.3)
         dw = [e for e in pts if e["kind"] == "depthwise"]
         ax.plot([e["order"] for e in dw], [e["sqnr_db"] for e in dw], ".", color=colour, ms=4)

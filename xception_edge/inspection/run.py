@@ -18,12 +18,6 @@ from .context import open_context
 
 SCHEMA = "xception-edge/inspect"
 VERSION = 1
-TOOLS = {
-    "litert": "TFLite QuantizationDebugger (own error) + intermediate tensors of the artifact",
-    "onnxruntime": "onnxruntime.quantization.qdq_loss_debug",
-    "openvino": "intermediate outputs of the fp32 and int8 OpenVINO models",
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class InspectRequest:
@@ -61,7 +55,7 @@ def inspect_one(ctx) -> dict:
         "target": ctx.manifest["target"],
         "backend": backend,
         "path": str(ctx.artifact),
-        "tool": TOOLS.get(backend, backend),
+        "tool": backend_module(backend).TOOL,
         "images": int(len(ctx.images)),
         "seconds": round(time.perf_counter() - t0, 2),
         "float_layers": list(ctx.profile.quantization.ignored_scope),
@@ -83,7 +77,7 @@ def run_inspect(req: InspectRequest) -> dict:
                                decoded=decoded)
             src = ctx.source
             console.info(f"[{ctx.manifest['target']}] inspecting {len(ctx.parts)} layers on {len(ctx.images)} images "
-                         f"({TOOLS.get(ctx.manifest['backend'], '')})")
+                         f"({backend_module(ctx.manifest['backend']).TOOL})")
             results.append(inspect_one(ctx))
     return {
         "schema": SCHEMA,

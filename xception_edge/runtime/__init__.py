@@ -4,28 +4,18 @@ probabilities. Each backend module is imported only when its artifact is opened.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from ..artifact import read_manifest
-from ..errors import BadInput
 from .base import Runtime
 
-_MODULES = {
-    "litert": "xception_edge.runtime.litert",
-    "openvino": "xception_edge.runtime.openvino",
-    "onnxruntime": "xception_edge.runtime.onnxruntime",
-}
-
-
 def open_artifact(folder: str | Path, *, threads: int | None = None, manifest: dict | None = None) -> Runtime:
+    from .. import backends
+
     folder = Path(folder)
     manifest = manifest if manifest is not None else read_manifest(folder)
-    backend = manifest.get("backend")
-    if backend not in _MODULES:
-        raise BadInput(f"{folder}: backend {backend!r} has no runtime in this xception-edge ({', '.join(_MODULES)})")
-    module = importlib.import_module(_MODULES[backend])
-    return module.RUNTIME(folder, manifest, threads=threads)
+    spec = backends.get(manifest.get("backend"), f"{folder}/manifest.json")
+    return spec.runtime_class()(folder, manifest, threads=threads)
 
 
 __all__ = ["Runtime", "open_artifact"]

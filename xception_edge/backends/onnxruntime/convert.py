@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import console, frameworks
-from ..calibration import CalibrationSet
-from ..errors import BadInput, ConversionFailed
-from ..hostinfo import cpu_flags
-from ..model_io import SourceModel, _all_layers
-from ..runtime.base import TensorSpec
-from ..types import Precision, QuantSpec, TargetProfile
-from .base import ConvertedModel
+from ... import console, frameworks
+from ...calibration import CalibrationSet
+from ...errors import BadInput, ConversionFailed
+from ...hostinfo import cpu_flags
+from ...model_io import SourceModel, _all_layers
+from ...runtime.base import TensorSpec
+from ...types import Precision, QuantSpec, TargetProfile
+from ...convert.base import ConvertedModel
 
 MODEL_FILE = "model.onnx"
 OPSET = 17

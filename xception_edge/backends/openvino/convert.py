@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import console, frameworks
-from ..calibration import CalibrationSet
-from ..errors import BadInput, ConversionFailed
-from ..model_io import SourceModel, _all_layers
-from ..runtime.base import TensorSpec
-from ..types import Precision, TargetProfile
-from .base import ConvertedModel
+from ... import console, frameworks
+from ...calibration import CalibrationSet
+from ...errors import BadInput, ConversionFailed
+from ...model_io import SourceModel, _all_layers
+from ...runtime.base import TensorSpec
+from ...types import Precision, TargetProfile
+from ...convert.base import ConvertedModel
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
@@ -152,7 +152,7 @@ def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: lis
 def _with_accuracy_control(nncf, model, dataset, ac: AccuracyControl, name: str, **kwargs):
     """nncf.quantize_with_accuracy_control, validating top-1 (ties to the lower class, as evaluate
     scores it) on the labelled images; NNCF compiles what it validates in f32."""
-    from ..accuracy import topk_hits
+    from ...accuracy import topk_hits
 
     items = [(ac.images[i : i + 1], int(ac.labels[i])) for i in range(len(ac.labels))]
 

@@ -7,7 +7,7 @@ Selective quantization: an int8 profile's ``[quantization] ignored_scope`` (Kera
 keeps those layers in float. TensorFlow's QuantizationDebugger calibrates once and re-quantizes
 with the layers' ops denylisted (``denylisted_nodes``: their output tensor names); the integer
 check then allows exactly those ops, and the QUANTIZE/DEQUANTIZE around them, to be float.
-Keras layer -> TFLite op: ``op_layers`` (shared with ``inspection/tflite.py``).
+Keras layer -> TFLite op: ``op_layers`` (shared with ``inspect.py`` beside it).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import console, frameworks
-from ..calibration import CalibrationSet
-from ..errors import BadInput, ConversionFailed
-from ..model_io import SourceModel, _all_layers
-from ..runtime.base import TensorSpec
-from ..types import DType, Precision, TargetProfile
-from .base import ConvertedModel
+from ... import console, frameworks
+from ...calibration import CalibrationSet
+from ...errors import BadInput, ConversionFailed
+from ...model_io import SourceModel, _all_layers
+from ...runtime.base import TensorSpec
+from ...types import DType, Precision, TargetProfile
+from ...convert.base import ConvertedModel
 
 MODEL_FILE = "model.tflite"
 _INTEGER_TYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}

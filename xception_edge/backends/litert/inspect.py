@@ -16,7 +16,7 @@ pairs compare each int8 op with the same op in float fed the same dequantized in
 comes from ``layer_direct_compare_metrics`` (Σfloat² and Σ(float − dequantized int8)² per image,
 summed over the images). Layers kept in float have no own error.
 
-TFLite tensor names -> Keras layers: ``convert.tflite.op_layers`` (also used for the denylist).
+TFLite tensor names -> Keras layers: ``backends/litert/convert.py: op_layers`` (also used for the denylist).
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import warnings
 
 import numpy as np
 
-from .. import console, frameworks
-from ..convert.tflite import build_converter, interpreter, op_layers, quantization_debugger
-from ..errors import ConversionFailed
-from ..runtime.base import TensorSpec, dequantize, quantize
-from .base import InspectContext, LayerError, SqnrAccumulator
+from ... import console, frameworks
+from .convert import build_converter, interpreter, op_layers, quantization_debugger
+from ...errors import ConversionFailed
+from ...runtime.base import TensorSpec, dequantize, quantize
+from ...inspection.base import InspectContext, LayerError, SqnrAccumulator
+
+TOOL = "TFLite QuantizationDebugger (own error) + intermediate tensors of the artifact"  # what `inspect` says it measured with
 
 _QDQ = ("QUANTIZE", "DEQUANTIZE")
 _VERIFY_OP = "NumericVerify"

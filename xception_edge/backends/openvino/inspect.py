@@ -19,11 +19,13 @@ the fp32 model's input activations, against the fp32 op's output.
 """
 from __future__ import annotations
 
-from .. import console, frameworks
-from ..convert.openvino import CPU_INFERENCE_PRECISION, name_keras_layers
-from ..errors import BadInput
-from ..model_io import _all_layers
-from .base import InspectContext, LayerError, SqnrAccumulator
+from ... import console, frameworks
+from .convert import CPU_INFERENCE_PRECISION, name_keras_layers
+from ...errors import BadInput
+from ...model_io import _all_layers
+from ...inspection.base import InspectContext, LayerError, SqnrAccumulator
+
+TOOL = "intermediate outputs of the fp32 and int8 OpenVINO models"  # what `inspect` says it measured with
 
 _WEIGHTED = ("Convolution", "GroupConvolution", "MatMul")
 _KERAS_WEIGHTED = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Dense")

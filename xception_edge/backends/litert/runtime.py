@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import frameworks
-from ..errors import BadInput
-from .base import Runtime
+from ... import frameworks
+from ...errors import BadInput
+from ...runtime.base import Runtime
 
 
 class LiteRTRuntime(Runtime):

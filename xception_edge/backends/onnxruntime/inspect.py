@@ -50,10 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import frameworks
-from ..convert.onnx import OPSET, preprocessed, segment_layers
-from ..errors import ConversionFailed
-from .base import InspectContext, LayerError, SqnrAccumulator
+from ... import frameworks
+from .convert import OPSET, preprocessed, segment_layers
+from ...errors import ConversionFailed
+from ...inspection.base import InspectContext, LayerError, SqnrAccumulator
+
+TOOL = "onnxruntime.quantization.qdq_loss_debug"  # what `inspect` says it measured with
 
 MEMORY_BUDGET = 1 << 30  # bytes of intermediate tensors (both models) held at once: sets the chunk of images
 MAX_CHUNK = 16

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import frameworks
-from ..errors import BadInput
-from ..hostinfo import cpu_flags
-from .base import Runtime
+from ... import frameworks
+from ...errors import BadInput
+from ...hostinfo import cpu_flags
+from ...runtime.base import Runtime
 
 
 _X86 = {"x86_64", "amd64", "x86", "i686"}

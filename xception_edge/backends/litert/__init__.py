@@ -1,0 +1,12 @@
+"""LiteRT (TensorFlow Lite): TFLiteConverter on the build host, the LiteRT interpreter on the device."""
+
+from .. import BackendSpec
+
+SPEC = BackendSpec(
+    name="litert",
+    formats=("tflite",),
+    precisions=("fp32", "fp16", "dynamic-int8", "int8"),
+    extra="device",
+    tools=("tensorflow", "keras", "ai-edge-litert", "tflite-runtime"),
+    colour="#1f77b4",
+)

@@ -1,0 +1,23 @@
+"""OpenVINO: openvino.convert_model and NNCF on the build host, the CPU plugin on the device."""
+
+from .. import BackendSpec
+
+
+def check_profile(p, path) -> None:
+    from ...errors import BadInput
+
+    if p.input_dtype.value != "float32" or p.output_dtype.value != "float32":
+        raise BadInput(f"{path}: OpenVINO IRs keep float32 input and output (int8 sits inside); remove input_dtype/output_dtype")
+
+
+SPEC = BackendSpec(
+    name="openvino",
+    formats=("openvino-ir",),
+    precisions=("fp32", "fp16", "int8"),
+    extra="openvino",
+    tools=("tensorflow", "keras", "openvino", "nncf"),
+    colour="#9467bd",
+    float_io_only=True,
+    accuracy_control=True,
+    check_profile=check_profile,
+)
