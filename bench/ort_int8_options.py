@@ -37,7 +37,7 @@ from xception_edge.hostinfo import host  # noqa: E402
 from xception_edge.model_io import load_source  # noqa: E402
 from xception_edge.preprocess import PreprocessSpec, list_images, load_images  # noqa: E402
 from xception_edge.backends.onnxruntime.runtime import make_session  # noqa: E402
-from xception_edge.types import QuantSpec  # noqa: E402
+from xception_edge.profiles import QuantSpec  # noqa: E402
 
 
 def variants():
@@ -158,12 +158,22 @@ def demo_bench(args) -> dict:
         lat = latency(sessions, splits["val"][0][:1], args.rounds, args.iters, args.seed)
         if args.emulate:
             top = emulated_predictions(paths, splits, Path(wd), args.emulate, args.threads)
-            emulated = {n: {**{f"top1_{s}": float((t[s] == splits[s][1]).mean()) for s in splits},
-                            **{f"agree_{s}": float((t[s] == keras_pred[s]).mean()) for s in splits}} for n, t in top.items()}
+            emulated = {
+                n: {
+                    **{f"top1_{s}": float((t[s] == splits[s][1]).mean()) for s in splits},
+                    **{f"agree_{s}": float((t[s] == keras_pred[s]).mean()) for s in splits},
+                }
+                for n, t in top.items()
+            }
     for name, v in lat.items():
         rows[name].update(v)
-    return {"model": str(d.model), "input": [src.height, src.width], "calibration": len(calib), "rows": rows,
-            "emulated": emulated}
+    return {
+        "model": str(d.model),
+        "input": [src.height, src.width],
+        "calibration": len(calib),
+        "rows": rows,
+        "emulated": emulated,
+    }
 
 
 def xception_latency(args) -> dict:
@@ -180,15 +190,21 @@ def xception_latency(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="ort-bench-x-") as wd:
         _, sessions, risk = quantize_all(src, calib, Path(wd), args.threads)
         lat = latency(sessions, calib.images[:1], args.rounds, max(1, args.iters // 10), args.seed)
-    return {"model": "keras.applications.Xception 299 (random weights)", "calibration": len(calib),
-            "rows": {n: {**lat[n], "u8s8_overflow_pairs": risk[n]} for n in sessions}}
+    return {
+        "model": "keras.applications.Xception 299 (random weights)",
+        "calibration": len(calib),
+        "rows": {n: {**lat[n], "u8s8_overflow_pairs": risk[n]} for n in sessions},
+    }
 
 
 def table(result: dict) -> str:
     rows = result["rows"]
     acc = "top1_val" in next(iter(rows.values()))
-    head = "| variant | " + ("top-1 val | top-1 val_hard | agree val | agree val_hard | " if acc else "") + \
-        "p50 ms | ratio to fp32 | p10-p90 ms | overflow pairs |"
+    head = (
+        "| variant | "
+        + ("top-1 val | top-1 val_hard | agree val | agree val_hard | " if acc else "")
+        + "p50 ms | ratio to fp32 | p10-p90 ms | overflow pairs |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in rows.items():
         if "median_ms" not in r:  # the Keras reference
@@ -198,8 +214,12 @@ def table(result: dict) -> str:
         cells = [name]
         if acc:
             cells += [f"{r['top1_val']:.1%}", f"{r['top1_val_hard']:.1%}", f"{r['agree_val']:.1%}", f"{r['agree_val_hard']:.1%}"]
-        cells += [f"{r['median_ms']:.2f}", f"{r['ratio_to_fp32']:.2f}", f"{r['spread_ms'][0]:.2f}-{r['spread_ms'][1]:.2f}",
-                  "-" if risk is None else f"{risk['pairs']} ({risk['fraction']:.1%})"]
+        cells += [
+            f"{r['median_ms']:.2f}",
+            f"{r['ratio_to_fp32']:.2f}",
+            f"{r['spread_ms'][0]:.2f}-{r['spread_ms'][1]:.2f}",
+            "-" if risk is None else f"{risk['pairs']} ({risk['fraction']:.1%})",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -213,8 +233,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-model", choices=("demo", "xception"), default="demo")
     ap.add_argument("--xception-calibration", type=int, default=32)
-    ap.add_argument("--emulate", metavar="QEMU_CPU", nargs="?", const="Haswell",
-                    help="also measure accuracy under qemu-x86_64 -cpu QEMU_CPU (default Haswell: AVX2, no VNNI)")
+    ap.add_argument(
+        "--emulate",
+        metavar="QEMU_CPU",
+        nargs="?",
+        const="Haswell",
+        help="also measure accuracy under qemu-x86_64 -cpu QEMU_CPU (default Haswell: AVX2, no VNNI)",
+    )
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     ap.add_argument("--predict-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()

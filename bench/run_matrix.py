@@ -29,9 +29,28 @@ THREADS = 2
 
 
 def convert(target: str, out: Path, cal: Path, labels: Path) -> dict:
-    cmd = [str(BIN / "xception-edge"), "-q", "convert", "--model", "keras:xception", "--weights", "none", "--labels", str(labels),
-           "--target", target, "--calibration", str(cal), "--num-calibration", "300", "--out", str(out), "--force",
-           "--json", str(out / f".{target}.json")]
+    cmd = [
+        str(BIN / "xception-edge"),
+        "-q",
+        "convert",
+        "--model",
+        "keras:xception",
+        "--weights",
+        "none",
+        "--labels",
+        str(labels),
+        "--target",
+        target,
+        "--calibration",
+        str(cal),
+        "--num-calibration",
+        "300",
+        "--out",
+        str(out),
+        "--force",
+        "--json",
+        str(out / f".{target}.json"),
+    ]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(p.pid, 0)
@@ -40,8 +59,13 @@ def convert(target: str, out: Path, cal: Path, labels: Path) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         return {"target": target, "error": err.strip().splitlines()[-1] if err.strip() else f"exit {status}"}
     res = json.loads((out / f".{target}.json").read_text())["results"][0]
-    return {"target": target, "convert_seconds": round(seconds, 1), "convert_peak_rss_mb": round(usage.ru_maxrss / 1024),
-            "size_mb": round(res["size_bytes"] / 1e6, 2), "error": None}
+    return {
+        "target": target,
+        "convert_seconds": round(seconds, 1),
+        "convert_peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "size_mb": round(res["size_bytes"] / 1e6, 2),
+        "error": None,
+    }
 
 
 def keras_latency(runs: int) -> float:
@@ -68,15 +92,51 @@ def native_latency(folder: Path, runs: int) -> tuple[str, float] | None:
     if manifest["format"] == "tflite":
         with tempfile.TemporaryDirectory() as d:
             res = Path(d) / "r.json"
-            subprocess.run([str(BIN / "litert-benchmark"), "--model", str(model), "--num_threads", str(THREADS),
-                            "--num_runs", str(runs), "--warmup_runs", "5", "--result_json", str(res)],
-                           capture_output=True, text=True, check=True)
+            subprocess.run(
+                [
+                    str(BIN / "litert-benchmark"),
+                    "--model",
+                    str(model),
+                    "--num_threads",
+                    str(THREADS),
+                    "--num_runs",
+                    str(runs),
+                    "--warmup_runs",
+                    "5",
+                    "--result_json",
+                    str(res),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             return "litert-benchmark", float(json.loads(res.read_text())["latency"]["median_ms"])
     if manifest["format"] == "openvino-ir":
         precision = (manifest.get("conversion") or {}).get("cpu_inference_precision", "f32")
-        out = subprocess.run([str(BIN / "benchmark_app"), "-m", str(model), "-d", "CPU", "-hint", "none", "-nstreams", "1",
-                              "-nthreads", str(THREADS), "-niter", str(runs), "-api", "sync", "-infer_precision", precision],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [
+                str(BIN / "benchmark_app"),
+                "-m",
+                str(model),
+                "-d",
+                "CPU",
+                "-hint",
+                "none",
+                "-nstreams",
+                "1",
+                "-nthreads",
+                str(THREADS),
+                "-niter",
+                str(runs),
+                "-api",
+                "sync",
+                "-infer_precision",
+                precision,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         m = re.search(r"Median:\s+([\d.]+) ms", out)
         return ("benchmark_app", float(m.group(1))) if m else None
     return None
@@ -125,21 +185,35 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
 
-    results = {"schema": "xception-edge/bench-matrix", "schema_version": 1, "host": host(), "threads": THREADS,
-               "runs": args.runs, "model": "keras.applications.Xception 299x299, random weights",
-               "keras_fp32_p50_ms": round(keras_ms, 2), "targets": rows}
+    results = {
+        "schema": "xception-edge/bench-matrix",
+        "schema_version": 1,
+        "host": host(),
+        "threads": THREADS,
+        "runs": args.runs,
+        "model": "keras.applications.Xception 299x299, random weights",
+        "keras_fp32_p50_ms": round(keras_ms, 2),
+        "targets": rows,
+    }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = [f"# Full-size Xception (299x299), batch 1, {THREADS} threads", "",
-          f"Host: {results['host']['cpu']} ({results['host']['machine']}), int8 flags: {', '.join(results['host']['int8_flags'])}", "",
-          f"Keras fp32 p50: {keras_ms:.1f} ms", "",
-          "| target | p50 ms | speedup vs Keras | size MB | convert s | convert peak RSS MB | native tool | native p50 ms | harness/native |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        f"# Full-size Xception (299x299), batch 1, {THREADS} threads",
+        "",
+        f"Host: {results['host']['cpu']} ({results['host']['machine']}), int8 flags: {', '.join(results['host']['int8_flags'])}",
+        "",
+        f"Keras fp32 p50: {keras_ms:.1f} ms",
+        "",
+        "| target | p50 ms | speedup vs Keras | size MB | convert s | convert peak RSS MB | native tool | native p50 ms | harness/native |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["error"]:
             md.append(f"| {r['target']} | failed: {r['error']} | | | | | | | |")
             continue
-        md.append(f"| {r['target']} | {r['p50_ms']} | {r['speedup_vs_keras']}x | {r['size_mb']} | {r['convert_seconds']} | "
-                  f"{r['convert_peak_rss_mb']} | {r.get('native_tool', '—')} | {r.get('native_p50_ms', '—')} | {r.get('harness_over_native', '—')} |")
+        md.append(
+            f"| {r['target']} | {r['p50_ms']} | {r['speedup_vs_keras']}x | {r['size_mb']} | {r['convert_seconds']} | "
+            f"{r['convert_peak_rss_mb']} | {r.get('native_tool', '—')} | {r.get('native_p50_ms', '—')} | {r.get('harness_over_native', '—')} |"
+        )
     (HERE / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

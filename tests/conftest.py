@@ -101,9 +101,26 @@ def converted_all(small_model, tmp_path_factory):
 
     model, train, val = small_model
     out = tmp_path_factory.mktemp("all") / "out"
-    r = CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", "all", "--calibration", str(train),
-                                 "--num-calibration", "60", "--verify-data", str(val), "--out", str(out), "--json"],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        [
+            "convert",
+            "--model",
+            str(model),
+            "--target",
+            "all",
+            "--calibration",
+            str(train),
+            "--num-calibration",
+            "60",
+            "--verify-data",
+            str(val),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     results = {x["target"]: x for x in json.loads(r.stdout)["results"]}
     return out, results, small_model

@@ -47,7 +47,7 @@ def test_killed_process_leaves_no_artifact_folder(tmp_path):
         import os, signal, time
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell starts us with SIGINT ignored
         from xception_edge.artifact import staged_dir
-        with staged_dir(__import__('pathlib').Path({str(tmp_path / 'out')!r}), force=False) as s:
+        with staged_dir(__import__('pathlib').Path({str(tmp_path / "out")!r}), force=False) as s:
             (s / 'model.tflite').write_bytes(b'x' * 100)
             print('ready', flush=True)
             time.sleep(30)
@@ -63,12 +63,27 @@ def test_killed_process_leaves_no_artifact_folder(tmp_path):
 
 def _manifest_fields(**over) -> dict:
     base = {
-        "target": "a", "backend": "onnxruntime", "format": "onnx", "precision": "fp32", "model_file": "model.onnx",
-        "threads": 2, "labels": ["x", "y"],
-        "io": {"input": {"name": "in", "dtype": "float32", "shape": [1, 71, 71, 3], "scale": 0.0, "zero_point": 0},
-               "output": {"name": "out", "dtype": "float32", "shape": [1, 2], "scale": 0.0, "zero_point": 0}},
-        "preprocessing": {"height": 71, "width": 71, "resize": "resize", "crop_fraction": 0.875,
-                          "interpolation": "bilinear", "scaling": "xception", "layout": "NHWC", "channels": "RGB"},
+        "target": "a",
+        "backend": "onnxruntime",
+        "format": "onnx",
+        "precision": "fp32",
+        "model_file": "model.onnx",
+        "threads": 2,
+        "labels": ["x", "y"],
+        "io": {
+            "input": {"name": "in", "dtype": "float32", "shape": [1, 71, 71, 3], "scale": 0.0, "zero_point": 0},
+            "output": {"name": "out", "dtype": "float32", "shape": [1, 2], "scale": 0.0, "zero_point": 0},
+        },
+        "preprocessing": {
+            "height": 71,
+            "width": 71,
+            "resize": "resize",
+            "crop_fraction": 0.875,
+            "interpolation": "bilinear",
+            "scaling": "xception",
+            "layout": "NHWC",
+            "channels": "RGB",
+        },
     }
     base.update(over)
     return base
@@ -104,30 +119,33 @@ def _rewrite(d, edit):
     (d / "manifest.json").write_text(json.dumps(m))
 
 
-@pytest.mark.parametrize("edit,needle", [
-    (lambda m: m.pop("files"), "'files' must be"),
-    (lambda m: m.update(files={}), "'files' must be"),
-    (lambda m: m.update(files=[["model.onnx", "x"]]), "'files' must be"),
-    (lambda m: m["files"]["model.onnx"].pop("sha256"), "sha256"),
-    (lambda m: m["files"].update({"model.onnx": "abc"}), "sha256"),
-    (lambda m: m.update(model_file="../other.onnx"), "outside"),
-    (lambda m: m.update(model_file="/etc/passwd"), "outside"),
-    (lambda m: m.update(model_file="labels.txt"), "not listed"),
-    (lambda m: m.update(io=None), "'io' must be"),
-    (lambda m: m["io"].update(input=None), "'io.input' must be"),
-    (lambda m: m["io"]["output"].update(dtype="int4"), "io.output.dtype"),
-    (lambda m: m["io"]["input"].update(dtype="int8", scale=0.0), "io.input.scale"),
-    (lambda m: m["io"]["input"].update(shape="1x71"), "io.input.shape"),
-    (lambda m: m.update(labels=None), "'labels' must be"),
-    (lambda m: m.update(labels=[1, 2]), "'labels' must be"),
-    (lambda m: m.update(preprocessing=[]), "'preprocessing' must be"),
-    (lambda m: m["preprocessing"].update(height="71"), "preprocessing.height"),
-    (lambda m: m["preprocessing"].update(resize="stretch"), "resize"),
-    (lambda m: m.update(target="../victim"), "not a plain name"),
-    (lambda m: m.update(threads=0), "'threads' must be"),
-    (lambda m: m.update(precision="int4"), "'precision' must be"),
-    (lambda m: m.update(profile=[]), "'profile' must be a table"),
-])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda m: m.pop("files"), "'files' must be"),
+        (lambda m: m.update(files={}), "'files' must be"),
+        (lambda m: m.update(files=[["model.onnx", "x"]]), "'files' must be"),
+        (lambda m: m["files"]["model.onnx"].pop("sha256"), "sha256"),
+        (lambda m: m["files"].update({"model.onnx": "abc"}), "sha256"),
+        (lambda m: m.update(model_file="../other.onnx"), "outside"),
+        (lambda m: m.update(model_file="/etc/passwd"), "outside"),
+        (lambda m: m.update(model_file="labels.txt"), "not listed"),
+        (lambda m: m.update(io=None), "'io' must be"),
+        (lambda m: m["io"].update(input=None), "'io.input' must be"),
+        (lambda m: m["io"]["output"].update(dtype="int4"), "io.output.dtype"),
+        (lambda m: m["io"]["input"].update(dtype="int8", scale=0.0), "io.input.scale"),
+        (lambda m: m["io"]["input"].update(shape="1x71"), "io.input.shape"),
+        (lambda m: m.update(labels=None), "'labels' must be"),
+        (lambda m: m.update(labels=[1, 2]), "'labels' must be"),
+        (lambda m: m.update(preprocessing=[]), "'preprocessing' must be"),
+        (lambda m: m["preprocessing"].update(height="71"), "preprocessing.height"),
+        (lambda m: m["preprocessing"].update(resize="stretch"), "resize"),
+        (lambda m: m.update(target="../victim"), "not a plain name"),
+        (lambda m: m.update(threads=0), "'threads' must be"),
+        (lambda m: m.update(precision="int4"), "'precision' must be"),
+        (lambda m: m.update(profile=[]), "'profile' must be a table"),
+    ],
+)
 def test_malformed_manifest_is_one_line_bad_input(tmp_path, edit, needle):
     """Every malformed entry is a BadInput naming the manifest, never an AttributeError/KeyError/TypeError."""
     d, _ = _artifact(tmp_path)
@@ -169,12 +187,31 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
-_paths = st.sampled_from([
-    (), ("files",), ("files", "model.onnx"), ("files", "model.onnx", "sha256"), ("files", "model.onnx", "bytes"),
-    ("io",), ("io", "input"), ("io", "input", "shape"), ("io", "input", "scale"), ("io", "output", "dtype"),
-    ("model_file",), ("labels",), ("preprocessing",), ("preprocessing", "height"), ("preprocessing", "crop_fraction"),
-    ("target",), ("backend",), ("precision",), ("threads",), ("profile",), ("schema_version",),
-])
+_paths = st.sampled_from(
+    [
+        (),
+        ("files",),
+        ("files", "model.onnx"),
+        ("files", "model.onnx", "sha256"),
+        ("files", "model.onnx", "bytes"),
+        ("io",),
+        ("io", "input"),
+        ("io", "input", "shape"),
+        ("io", "input", "scale"),
+        ("io", "output", "dtype"),
+        ("model_file",),
+        ("labels",),
+        ("preprocessing",),
+        ("preprocessing", "height"),
+        ("preprocessing", "crop_fraction"),
+        ("target",),
+        ("backend",),
+        ("precision",),
+        ("threads",),
+        ("profile",),
+        ("schema_version",),
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

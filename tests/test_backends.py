@@ -21,7 +21,7 @@ from xception_edge.preprocess import PreprocessSpec, list_images, load_images
 from xception_edge.runtime import open_artifact
 from xception_edge.runtime.base import Runtime
 from xception_edge.targets import builtin_names, resolve_target
-from xception_edge.types import Precision
+from xception_edge.profiles import Precision
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = backends.names()
@@ -47,9 +47,11 @@ def test_the_spec_declares_everything_and_its_entry_points_resolve(name):
 
 
 def test_the_registry_imports_no_framework():
-    code = ("import sys; from xception_edge import backends; specs = backends.registry(); "
-            "print(len(specs), ' '.join(m for m in ('tensorflow','keras','openvino','onnxruntime','nncf','tf2onnx',"
-            "'ai_edge_litert') if m in sys.modules))")
+    code = (
+        "import sys; from xception_edge import backends; specs = backends.registry(); "
+        "print(len(specs), ' '.join(m for m in ('tensorflow','keras','openvino','onnxruntime','nncf','tf2onnx',"
+        "'ai_edge_litert') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(len(NAMES))]
 
@@ -99,23 +101,52 @@ def test_a_fourth_backend_is_one_package_and_one_registry_line(small_model, tmp_
         profiles = []
         for precision in ("fp32", "int8"):
             prof = tmp_path / f"example-{precision}.toml"
-            prof.write_text(f'name = "example-{precision}"\nbackend = "example-ort"\nformat = "onnx"\n'
-                            f'precision = "{precision}"\n[quantization]\nactivation_dtype = "uint8"\nreduce_range = true\n')
+            prof.write_text(
+                f'name = "example-{precision}"\nbackend = "example-ort"\nformat = "onnx"\n'
+                f'precision = "{precision}"\n[quantization]\nactivation_dtype = "uint8"\nreduce_range = true\n'
+            )
             profiles += ["--target", prof]
         out = tmp_path / "out"
-        r = run("convert", "--model", model, *profiles, "--calibration", train, "--num-calibration", 40,
-                "--verify-data", val, "--out", out)
+        r = run(
+            "convert",
+            "--model",
+            model,
+            *profiles,
+            "--calibration",
+            train,
+            "--num-calibration",
+            40,
+            "--verify-data",
+            val,
+            "--out",
+            out,
+        )
         assert r.exit_code == 0, r.output
         assert read_manifest(out / "example-int8")["backend"] == "example-ort"
         r = run("bench", out / "example-int8", "--runs", 3, "--warmup", 1, "--json")
         assert r.exit_code == 0 and json.loads(r.stdout)["artifact"]["backend"] == "example-ort"
-        r = run("evaluate", "--model", model, "--artifacts", out, "--data", val, "--report", tmp_path / "rep",
-                "--runs", 2, "--warmup", 0, "--json")
+        r = run(
+            "evaluate",
+            "--model",
+            model,
+            "--artifacts",
+            out,
+            "--data",
+            val,
+            "--report",
+            tmp_path / "rep",
+            "--runs",
+            2,
+            "--warmup",
+            0,
+            "--json",
+        )
         assert r.exit_code == 0, r.output
         rows = {x["name"]: x for x in json.loads(r.stdout)["artifacts"]}
         assert rows["example-fp32"]["agreement"] == 1.0 and rows["example-int8"]["agreement"] >= 0.8
-        r = run("inspect", out, "--model", model, "--calibration", train, "--num-images", 4, "--report", tmp_path / "insp",
-                "--json")
+        r = run(
+            "inspect", out, "--model", model, "--calibration", train, "--num-images", 4, "--report", tmp_path / "insp", "--json"
+        )
         assert r.exit_code == 0, r.output
         assert [a["backend"] for a in json.loads(r.stdout)["artifacts"]] == ["example-ort"]
     finally:

@@ -24,8 +24,23 @@ def run(*args):
 def artifacts(small_model, tmp_path_factory):
     model, train, val = small_model
     out = tmp_path_factory.mktemp("bench") / "out"
-    r = run("convert", "--model", model, "--target", "litert-fp32", "--target", "arm64-litert-int8",
-            "--calibration", train, "--num-calibration", 40, "--verify-data", val, "--out", out)
+    r = run(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "litert-fp32",
+        "--target",
+        "arm64-litert-int8",
+        "--calibration",
+        train,
+        "--num-calibration",
+        40,
+        "--verify-data",
+        val,
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     return out, val
 
@@ -61,7 +76,9 @@ def test_bench_bad_input(artifacts, tmp_path):
     assert r.exit_code == 2 and "no manifest.json" in r.output
     wrong = tmp_path / "wrong"
     (wrong / "zebra").mkdir(parents=True)
-    (val / "a" / "a_000.png").link_to(wrong / "zebra" / "z.png") if hasattr(Path, "link_to") else (wrong / "zebra" / "z.png").write_bytes((val / "a" / "a_000.png").read_bytes())
+    (val / "a" / "a_000.png").link_to(wrong / "zebra" / "z.png") if hasattr(Path, "link_to") else (
+        wrong / "zebra" / "z.png"
+    ).write_bytes((val / "a" / "a_000.png").read_bytes())
     (wrong / "a").mkdir()
     (wrong / "a" / "a.png").write_bytes((val / "a" / "a_000.png").read_bytes())
     r = run("bench", out / "litert-fp32", "--data", wrong)
@@ -95,6 +112,7 @@ def device_venv(tmp_path_factory):
     return py
 
 
+@pytest.mark.slow  # a fresh venv or wheel build
 def test_device_venv_benches_tflite_without_tensorflow(device_venv, artifacts):
     out, val = artifacts
     code = textwrap.dedent(f"""
@@ -124,12 +142,28 @@ def test_device_venv_benches_tflite_without_tensorflow(device_venv, artifacts):
 def ov_ort_artifacts(small_model, tmp_path_factory):
     model, train, val = small_model
     out = tmp_path_factory.mktemp("bench-ov-ort") / "out"
-    r = run("convert", "--model", model, "--target", "x86-openvino-int8", "--target", "x86-onnxruntime-int8",
-            "--calibration", train, "--num-calibration", 40, "--verify-data", val, "--out", out)
+    r = run(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "x86-openvino-int8",
+        "--target",
+        "x86-onnxruntime-int8",
+        "--calibration",
+        train,
+        "--num-calibration",
+        40,
+        "--verify-data",
+        val,
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     return out, val
 
 
+@pytest.mark.slow  # a fresh venv or wheel build
 def test_device_venv_with_openvino_or_onnxruntime_added(ov_ort_artifacts, tmp_path_factory):
     """pip install 'xception-edge[device,openvino,onnxruntime]': each artifact imports only its runtime."""
     out, val = ov_ort_artifacts

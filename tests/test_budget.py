@@ -14,25 +14,88 @@ def run(*args):
 
 
 def test_max_drop_needs_validation(tmp_path, image_folder):
-    r = run("convert", "--model", tmp_path / "m.keras", "--target", "x86-openvino-int8", "--calibration", image_folder,
-            "--out", tmp_path / "out", "--max-drop", "1")
+    r = run(
+        "convert",
+        "--model",
+        tmp_path / "m.keras",
+        "--target",
+        "x86-openvino-int8",
+        "--calibration",
+        image_folder,
+        "--out",
+        tmp_path / "out",
+        "--max-drop",
+        "1",
+    )
     assert r.exit_code == 2 and "--max-drop 1 needs --validation" in r.output
-    r = run("convert", "--model", tmp_path / "m.keras", "--target", "x86-openvino-int8", "--calibration", image_folder,
-            "--out", tmp_path / "out", "--validation", image_folder)
+    r = run(
+        "convert",
+        "--model",
+        tmp_path / "m.keras",
+        "--target",
+        "x86-openvino-int8",
+        "--calibration",
+        image_folder,
+        "--out",
+        tmp_path / "out",
+        "--validation",
+        image_folder,
+    )
     assert r.exit_code == 2 and "only used with --max-drop" in r.output
-    r = run("convert", "--model", tmp_path / "m.keras", "--target", "x86-openvino-int8", "--calibration", image_folder,
-            "--out", tmp_path / "out", "--max-drop", "-1", "--validation", image_folder)
+    r = run(
+        "convert",
+        "--model",
+        tmp_path / "m.keras",
+        "--target",
+        "x86-openvino-int8",
+        "--calibration",
+        image_folder,
+        "--out",
+        tmp_path / "out",
+        "--max-drop",
+        "-1",
+        "--validation",
+        image_folder,
+    )
     assert r.exit_code == 2 and "non-negative" in r.output
-    r = run("convert", "--model", tmp_path / "m.keras", "--target", "x86-openvino-int8", "--calibration", image_folder,
-            "--out", tmp_path / "out", "--max-drop", "1", "--validation", tmp_path / "nowhere")
+    r = run(
+        "convert",
+        "--model",
+        tmp_path / "m.keras",
+        "--target",
+        "x86-openvino-int8",
+        "--calibration",
+        image_folder,
+        "--out",
+        tmp_path / "out",
+        "--max-drop",
+        "1",
+        "--validation",
+        tmp_path / "nowhere",
+    )
     assert r.exit_code == 2 and "nowhere does not exist" in r.output
     assert not (tmp_path / "out" / "x86-openvino-int8").exists()
 
 
 def test_validation_overlapping_calibration_warns_or_fails_with_strict(small_model, tmp_path):
     model, train, _ = small_model
-    args = ["convert", "--model", model, "--target", "x86-onnxruntime-int8", "--calibration", train,
-            "--num-calibration", "16", "--out", tmp_path / "out", "--max-drop", "100", "--validation", train]
+    args = [
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "x86-onnxruntime-int8",
+        "--calibration",
+        train,
+        "--num-calibration",
+        "16",
+        "--out",
+        tmp_path / "out",
+        "--max-drop",
+        "100",
+        "--validation",
+        train,
+    ]
     r = run(*args, "--strict")
     assert r.exit_code == 2, r.output
     assert "16 of 120 --validation images are also calibration images" in r.output and "--strict" in r.output
@@ -80,10 +143,28 @@ def test_unreachable_budget_fails_with_the_best_drop(outlier_model, tmp_path):
     model, train, val = outlier_model
     profile = tmp_path / "tight.toml"
     src = (__import__("xception_edge.targets", fromlist=["builtin_dir"]).builtin_dir() / "x86-onnxruntime-int8.toml").read_text()
-    profile.write_text(src.replace('name = "x86-onnxruntime-int8"', 'name = "tight-ort"')
-                       .replace("max_float_mac_share = 0.2", "max_float_mac_share = 0.001"))
-    r = run("convert", "--model", model, "--target", profile, "--calibration", train, "--num-calibration", "32",
-            "--out", tmp_path / "out", "--max-drop", "5", "--validation", val)
+    profile.write_text(
+        src.replace('name = "x86-onnxruntime-int8"', 'name = "tight-ort"').replace(
+            "max_float_mac_share = 0.2", "max_float_mac_share = 0.001"
+        )
+    )
+    r = run(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        profile,
+        "--calibration",
+        train,
+        "--num-calibration",
+        "32",
+        "--out",
+        tmp_path / "out",
+        "--max-drop",
+        "5",
+        "--validation",
+        val,
+    )
     assert r.exit_code == 1, r.output
     assert "tight-ort: top-1 drop stays above the budget of 5 pp" in r.output and "best" in r.output
     assert "max_float_mac_share 0.001" in r.output
@@ -93,8 +174,22 @@ def test_unreachable_budget_fails_with_the_best_drop(outlier_model, tmp_path):
 def test_budget_applies_to_float_targets_without_repair(small_model, tmp_path):
     """fp32 targets are measured too (0 pp here) and recorded; nothing to keep in float."""
     model, train, val = small_model
-    r = run("convert", "--model", model, "--target", "litert-fp32", "--calibration", train, "--out", tmp_path / "out",
-            "--max-drop", "10", "--validation", val, "--json")
+    r = run(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "litert-fp32",
+        "--calibration",
+        train,
+        "--out",
+        tmp_path / "out",
+        "--max-drop",
+        "10",
+        "--validation",
+        val,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     budget = json.loads((tmp_path / "out" / "litert-fp32" / "manifest.json").read_text())["accuracy_budget"]
     assert budget["drop_pp"] == 0 and budget["float_layers"] == [] and len(budget["attempts"]) == 1

@@ -20,7 +20,7 @@ def test_folder_with_class_subfolders_is_sampled_balanced_and_deterministic(imag
     counts = {k: sum(1 for f in a.files if f.parent.name == k) for k in "abc"}
     assert counts == {"a": 4, "b": 4, "c": 4}
     assert a.images.shape == (12, 71, 71, 3) and a.images.dtype == np.float32
-    assert len(a.held_back) == 0 and len(set(a.sha256)) == 12
+    assert len(set(a.sha256)) == 12
 
 
 def test_list_text_round_trips_and_checks_hashes(image_folder, tmp_path):

@@ -22,8 +22,22 @@ def run(*args):
 def converted(small_model, tmp_path_factory):
     model, train, val = small_model
     out = tmp_path_factory.mktemp("conv") / "out"
-    r = run("convert", "--model", model, "--target", "all", "--calibration", train, "--num-calibration", 60,
-            "--verify-data", val, "--out", out, "--json")
+    r = run(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "all",
+        "--calibration",
+        train,
+        "--num-calibration",
+        60,
+        "--verify-data",
+        val,
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout), small_model
 
@@ -61,6 +75,7 @@ def test_int8_artifact_is_integer_only_with_a_complete_manifest(converted):
     assert m["calibration"]["count"] == 60 and m["calibration"]["classes"] == 3
     assert len([l for l in (art / "calibration.txt").read_text().splitlines() if not l.startswith("#")]) == 60
     from xception_edge.calibration import sha256_file
+
     assert m["source_model"]["sha256"] == sha256_file(model)
     assert set(m["files"]) == {"calibration.txt", "labels.txt", "model.tflite"}
     assert "tensorflow" in m["tools"] and m["verification"]["passed"]
@@ -88,7 +103,9 @@ def test_runtime_agrees_with_keras_on_held_out_images(converted):
 
 def test_existing_artifact_needs_force(converted):
     out, _, (model, train, val) = converted
-    r = CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", "litert-fp32", "--calibration", str(train), "--out", str(out)])
+    r = CliRunner().invoke(
+        cli, ["convert", "--model", str(model), "--target", "litert-fp32", "--calibration", str(train), "--out", str(out)]
+    )
     assert r.exit_code == 2 and "--force" in r.output
 
 
@@ -101,8 +118,24 @@ def test_collapsed_int8_is_caught_and_not_written(small_model, tmp_path):
     cal.mkdir()
     for i in range(10):
         Image.new("RGB", (71, 71), (0, 0, 0)).save(cal / f"black{i}.png")
-    r = CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", "arm64-litert-int8", "--calibration", str(cal),
-                                 "--verify-data", str(val), "--labels", str(_labels(tmp_path)), "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "convert",
+            "--model",
+            str(model),
+            "--target",
+            "arm64-litert-int8",
+            "--calibration",
+            str(cal),
+            "--verify-data",
+            str(val),
+            "--labels",
+            str(_labels(tmp_path)),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "arm64-litert-int8" in r.output and "below the floor" in r.output
     assert not (tmp_path / "out" / "arm64-litert-int8").exists()
@@ -118,8 +151,10 @@ def _labels(tmp_path):
 def test_per_tensor_and_uint8_profile_from_a_user_toml(small_model, tmp_path):
     model, train, val = small_model
     toml = tmp_path / "pi-uint8.toml"
-    toml.write_text('name = "pi-uint8"\nbackend = "litert"\nformat = "tflite"\nprecision = "int8"\n'
-                    'input_dtype = "uint8"\noutput_dtype = "float32"\nper_channel = false\ncalibration_size = 30\n')
+    toml.write_text(
+        'name = "pi-uint8"\nbackend = "litert"\nformat = "tflite"\nprecision = "int8"\n'
+        'input_dtype = "uint8"\noutput_dtype = "float32"\nper_channel = false\ncalibration_size = 30\n'
+    )
     r = run("convert", "--model", model, "--target", toml, "--calibration", train, "--verify-data", val, "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "o" / "pi-uint8")
@@ -129,8 +164,25 @@ def test_per_tensor_and_uint8_profile_from_a_user_toml(small_model, tmp_path):
 
 def test_keras_applications_xception_to_int8(tmp_path, image_folder):
     """`--model keras:xception` (stock architecture, random weights offline) to full-integer int8."""
-    r = run("convert", "--model", "keras:xception", "--weights", "none", "--input-size", 71, "--num-classes", 3,
-            "--target", "arm64-litert-int8", "--calibration", image_folder, "--num-calibration", 24, "--out", tmp_path / "o")
+    r = run(
+        "convert",
+        "--model",
+        "keras:xception",
+        "--weights",
+        "none",
+        "--input-size",
+        71,
+        "--num-classes",
+        3,
+        "--target",
+        "arm64-litert-int8",
+        "--calibration",
+        image_folder,
+        "--num-calibration",
+        24,
+        "--out",
+        tmp_path / "o",
+    )
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "o" / "arm64-litert-int8")
     assert m["source_model"]["kind"] == "keras-applications" and m["conversion"]["all_ops_integer"]
@@ -147,8 +199,23 @@ def test_h5_and_saved_model_inputs(small_model, tmp_path):
     model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
     for spec, kind in ((tmp_path / "m.h5", "h5"), (tmp_path / "sm", "saved_model")):
         out = tmp_path / f"out-{kind}"
-        r = run("convert", "--model", spec, "--target", "litert-fp32", "--target", "arm64-litert-int8",
-                "--calibration", train, "--num-calibration", 30, "--verify-data", val, "--out", out)
+        r = run(
+            "convert",
+            "--model",
+            spec,
+            "--target",
+            "litert-fp32",
+            "--target",
+            "arm64-litert-int8",
+            "--calibration",
+            train,
+            "--num-calibration",
+            30,
+            "--verify-data",
+            val,
+            "--out",
+            out,
+        )
         assert r.exit_code == 0, (kind, r.output)
         m = read_manifest(out / "arm64-litert-int8")
         assert m["source_model"]["kind"] == kind and m["verification"]["agreement"] >= 0.9
@@ -162,8 +229,25 @@ def test_console_script_keeps_tensorflow_noise_out(small_model, tmp_path):
 
     model, train, val = small_model
     exe = Path(sys.executable).with_name("xception-edge")
-    r = subprocess.run([str(exe), "convert", "--model", str(model), "--target", "litert-fp32", "--calibration", str(train),
-                        "--verify-data", str(val), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            str(exe),
+            "convert",
+            "--model",
+            str(model),
+            "--target",
+            "litert-fp32",
+            "--calibration",
+            str(train),
+            "--verify-data",
+            str(val),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     for noise in ("I0000", "WARNING: All log messages", "oneDNN", "cuda", "absl"):
         assert noise not in r.stderr, noise

@@ -18,11 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +68,7 @@ def test_images_vary_and_hard_split_has_lower_contrast():
     easy = [render("square", np.random.default_rng([0, 0, 7, i]), 64) for i in range(20)]
     hard = [render("square", np.random.default_rng([0, 2, 7, i]), 64, hard=True) for i in range(20)]
     assert len({a.tobytes() for a in easy}) == 20
+
     # spread between the brightest and darkest tenth of pixels: low contrast in val_hard
     def spread(imgs):
         return np.median([np.subtract(*np.percentile(a.mean(-1), [95, 5])) for a in imgs])

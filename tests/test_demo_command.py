@@ -3,6 +3,8 @@ compare with Keras on held-out images."""
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from xception_edge.cli import cli
@@ -10,10 +12,12 @@ from xception_edge.demo_run import demo_calibration_list
 from xception_edge.targets import builtin_names
 
 
+@pytest.mark.slow  # builds the tiny demo and runs every step
 def test_demo_command_converts_every_target_and_compares(tmp_path):
     out = tmp_path / "artifacts"
-    r = CliRunner().invoke(cli, ["demo", "--tiny", "--cache", str(tmp_path / "cache"), "--out", str(out), "--json"],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli, ["demo", "--tiny", "--cache", str(tmp_path / "cache"), "--out", str(out), "--json"], catch_exceptions=False
+    )
     assert r.exit_code == 0, r.output
     payload = json.loads(r.stdout)
     conv = {c["target"]: c for c in payload["conversions"]}

@@ -40,8 +40,22 @@ def converted(small_model, tmp_path_factory):
 
 
 def evaluate(model, artifacts, data, report, *extra):
-    return run("evaluate", "--model", model, "--artifacts", artifacts, "--data", data, "--report", report,
-               "--runs", 5, "--warmup", 1, *extra)
+    return run(
+        "evaluate",
+        "--model",
+        model,
+        "--artifacts",
+        artifacts,
+        "--data",
+        data,
+        "--report",
+        report,
+        "--runs",
+        5,
+        "--warmup",
+        1,
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +78,7 @@ def test_report_numbers(report):
     assert keras["latency"]["runs"] == 5 and len(keras["latency"]["samples_ms"]) == 5
     rows = {r["name"]: r for r in rep["artifacts"]}
     assert set(rows) == set(TARGETS)
-    for name, r in rows.items():
+    for r in rows.values():
         assert r["drop_pp"] == 100 * (r["top1"] - keras["top1"])  # exactly
         assert r["ratio"] == r["top1"] / keras["top1"] and r["meets_mlperf_99"] == (r["ratio"] >= 0.99)
         assert r["flipped"] == round(30 * (1 - r["agreement"]))
@@ -81,7 +95,9 @@ def test_report_numbers(report):
     for name in FP32:
         assert rows[name]["agreement"] == 1.0 and rows[name]["top1"] == keras["top1"] and rows[name]["flipped"] == 0
     assert rows["arm64-litert-int8"]["agreement"] >= 0.9
-    assert rows["arm64-litert-int8"]["size_bytes"] < 0.6 * rows["litert-fp32"]["size_bytes"]  # int8 weights; graph overhead on a tiny model
+    assert (
+        rows["arm64-litert-int8"]["size_bytes"] < 0.6 * rows["litert-fp32"]["size_bytes"]
+    )  # int8 weights; graph overhead on a tiny model
     assert rows["arm64-litert-int8"]["cpu_warning"] and "arm64" in rows["arm64-litert-int8"]["cpu_warning"]
     assert rows["litert-fp32"]["cpu_warning"] is None
     t = rep["timing"]
@@ -165,8 +181,10 @@ def test_undecodable_images_count_as_misses_and_list_files(converted, tmp_path):
     assert "a/broken.jpg" in (tmp_path / "r1" / "report.md").read_text()
 
     # the same images as a list file: labels by name and by index give the same numbers
-    lines = [f"{p.relative_to(data).as_posix()}  {p.parent.name if i % 2 else 'abc'.index(p.parent.name)}"
-             for i, p in enumerate(sorted(data.rglob("*.*")))]
+    lines = [
+        f"{p.relative_to(data).as_posix()}  {p.parent.name if i % 2 else 'abc'.index(p.parent.name)}"
+        for i, p in enumerate(sorted(data.rglob("*.*")))
+    ]
     (data / "list.txt").write_text("# path label\n" + "\n".join(lines) + "\n")
     r = evaluate(model, out, data / "list.txt", tmp_path / "r2", "--json")
     assert r.exit_code == 0, r.output

@@ -2,7 +2,6 @@
 gate), 2 for bad input; never passes vacuously."""
 
 import json
-import math
 
 import pytest
 from click.testing import CliRunner
@@ -18,21 +17,48 @@ def run(*args):
 _OMIT = object()
 
 
-def row(target, *, name=_OMIT, path=None, top1=0.95, drop_pp=-0.5, ratio=0.995, agreement=0.99, size=2_000_000, p50=10.0,
-        images=100, same_source_model=True):
+def row(
+    target,
+    *,
+    name=_OMIT,
+    path=None,
+    top1=0.95,
+    drop_pp=-0.5,
+    ratio=0.995,
+    agreement=0.99,
+    size=2_000_000,
+    p50=10.0,
+    images=100,
+    same_source_model=True,
+):
     """An artifact row; `name` defaults to the target (convert writes OUT/<target>/), None leaves it out."""
     name = target if name is _OMIT else name
-    r = {"target": target, "path": path or f"/nonexistent/{name or target}", "images": images, "top1": top1,
-         "drop_pp": drop_pp, "ratio": ratio, "agreement": agreement, "size_bytes": size, "latency": {"p50_ms": p50},
-         "same_source_model": same_source_model}
+    r = {
+        "target": target,
+        "path": path or f"/nonexistent/{name or target}",
+        "images": images,
+        "top1": top1,
+        "drop_pp": drop_pp,
+        "ratio": ratio,
+        "agreement": agreement,
+        "size_bytes": size,
+        "latency": {"p50_ms": p50},
+        "same_source_model": same_source_model,
+    }
     return r if name is None else {"name": name, **r}
 
 
 def write_report(tmp_path, rows, *, ref_top1=0.955, **extra):
     """JSON as evaluate writes it (a NaN becomes the bare token NaN, which json accepts)."""
-    report = {"schema": "xception-edge/report", "schema_version": 1, "host": {"cpu": "AMD EPYC"},
-              "model": {"spec": "model.keras"}, "reference": {"name": "keras-fp32", "top1": ref_top1},
-              "artifacts": rows, **extra}
+    report = {
+        "schema": "xception-edge/report",
+        "schema_version": 1,
+        "host": {"cpu": "AMD EPYC"},
+        "model": {"spec": "model.keras"},
+        "reference": {"name": "keras-fp32", "top1": ref_top1},
+        "artifacts": rows,
+        **extra,
+    }
     p = tmp_path / "report.json"
     p.write_text(json.dumps(report))
     return p
@@ -60,12 +86,15 @@ def test_builtin_profile_gates_pass_and_fail(tmp_path):
     assert 'tests="3" failures="3"' in xml and 'classname="arm64-litert-int8"' in xml and "<failure" in xml
 
 
-@pytest.mark.parametrize("broken,needle", [
-    ({"agreement": float("nan")}, "NaN"),
-    ({"agreement": float("inf")}, "x86-openvino-int8: min_agreement: value missing, not a number, or NaN/inf"),
-    ({"images": 0}, "no images"),
-    ({"ratio": None}, "missing"),
-])
+@pytest.mark.parametrize(
+    "broken,needle",
+    [
+        ({"agreement": float("nan")}, "NaN"),
+        ({"agreement": float("inf")}, "x86-openvino-int8: min_agreement: value missing, not a number, or NaN/inf"),
+        ({"images": 0}, "no images"),
+        ({"ratio": None}, "missing"),
+    ],
+)
 def test_never_passes_vacuously(tmp_path, broken, needle):
     p = write_report(tmp_path, [row("x86-openvino-int8", **broken)])
     r = run("gate", p)
@@ -74,14 +103,23 @@ def test_never_passes_vacuously(tmp_path, broken, needle):
 
 def test_every_row_is_gated_and_named_by_its_folder(tmp_path):
     """Two artifacts of one target: the first, 50 points worse, must not hide behind the second."""
-    p = write_report(tmp_path, [row("arm64-litert-int8", name="int8-broken", drop_pp=-50.0, ratio=0.47, agreement=0.5),
-                                row("arm64-litert-int8", name="int8-good")])
+    p = write_report(
+        tmp_path,
+        [
+            row("arm64-litert-int8", name="int8-broken", drop_pp=-50.0, ratio=0.47, agreement=0.5),
+            row("arm64-litert-int8", name="int8-good"),
+        ],
+    )
     r = run("gate", p, "--json")
     assert r.exit_code == 1
     results = json.loads(r.stdout)["results"]
     by_name = {n: [x for x in results if x["name"] == n] for n in {x["name"] for x in results}}
     assert set(by_name) == {"int8-broken", "int8-good"} and {x["target"] for x in results} == {"arm64-litert-int8"}
-    assert sorted(x["gate"] for x in by_name["int8-broken"] if not x["passed"]) == ["max_top1_drop_pp", "min_agreement", "min_top1_ratio"]
+    assert sorted(x["gate"] for x in by_name["int8-broken"] if not x["passed"]) == [
+        "max_top1_drop_pp",
+        "min_agreement",
+        "min_top1_ratio",
+    ]
     assert [x["passed"] for x in by_name["int8-good"]] == [True, True, True]
     junit = tmp_path / "gates.xml"
     r = run("gate", p, "--junit", junit)
@@ -94,8 +132,13 @@ def test_every_row_is_gated_and_named_by_its_folder(tmp_path):
 def test_rows_named_by_path_and_gates_keyed_by_folder_name(tmp_path):
     """Without `name`, the path's basename names the row; a gates table keyed by that name is used
     instead of the target's."""
-    p = write_report(tmp_path, [row("x86-openvino-int8", name=None, path="/arts/ov-relaxed", drop_pp=-1.5, ratio=0.985),
-                                row("x86-openvino-int8", name="ov-strict", drop_pp=-1.5, ratio=0.985)])
+    p = write_report(
+        tmp_path,
+        [
+            row("x86-openvino-int8", name=None, path="/arts/ov-relaxed", drop_pp=-1.5, ratio=0.985),
+            row("x86-openvino-int8", name="ov-strict", drop_pp=-1.5, ratio=0.985),
+        ],
+    )
     g = tmp_path / "gates.toml"
     g.write_text("[ov-relaxed]\nmax_top1_drop_pp = 2.0\nmin_top1_ratio = 0.98\n[x86-openvino-int8]\nmin_agreement = 0.9\n")
     r = run("gate", p, "--gates", g, "--json")
@@ -104,8 +147,18 @@ def test_rows_named_by_path_and_gates_keyed_by_folder_name(tmp_path):
     assert failed == {("ov-strict", "max_top1_drop_pp"), ("ov-strict", "min_top1_ratio")}
 
 
-@pytest.mark.parametrize("where,value", [("row", float("nan")), ("row", None), ("row", "0.95"), ("row", 1.5),
-                                         ("reference", float("nan")), ("reference", None), ("reference", [0.9])])
+@pytest.mark.parametrize(
+    "where,value",
+    [
+        ("row", float("nan")),
+        ("row", None),
+        ("row", "0.95"),
+        ("row", 1.5),
+        ("reference", float("nan")),
+        ("reference", None),
+        ("reference", [0.9]),
+    ],
+)
 def test_a_nan_top1_of_artifact_or_reference_fails(tmp_path, where, value):
     ok = row("x86-openvino-int8")
     if where == "row":
@@ -171,8 +224,10 @@ def test_an_artifact_of_another_model_fails(tmp_path, value):
         del ok["same_source_model"]
     r = run("gate", write_report(tmp_path, [ok]))
     assert r.exit_code == 1
-    assert ("gate failed: x86-openvino-int8: same_source_model: the artifact was converted from another model than "
-            "the report's --model") in r.output
+    assert (
+        "gate failed: x86-openvino-int8: same_source_model: the artifact was converted from another model than "
+        "the report's --model"
+    ) in r.output
 
 
 def test_evaluate_records_an_unconfirmed_source_model_as_false(capsys):
@@ -187,8 +242,13 @@ def test_evaluate_records_an_unconfirmed_source_model_as_false(capsys):
     assert capsys.readouterr().err == ""
     assert same_source_model(art({"source_model": {"sha256": "cd" * 32}}), "ab" * 32) is False
     assert "ov-int8 was converted from another model (sha256 cdcdcdcdcdcd" in capsys.readouterr().err
-    for manifest, src in [({}, "ab" * 32), ({"source_model": None}, "ab" * 32), ({"source_model": {"sha256": 7}}, 7),
-                          ({"source_model": {"sha256": "ab" * 32}}, None), ({"source_model": {"sha256": ""}}, "")]:
+    for manifest, src in [
+        ({}, "ab" * 32),
+        ({"source_model": None}, "ab" * 32),
+        ({"source_model": {"sha256": 7}}, 7),
+        ({"source_model": {"sha256": "ab" * 32}}, None),
+        ({"source_model": {"sha256": ""}}, ""),
+    ]:
         assert same_source_model(art(manifest), src) is False
         assert "ov-int8 cannot be confirmed to come from --model" in capsys.readouterr().err
 
@@ -214,18 +274,21 @@ def test_latency_gate_applies_only_on_its_host(tmp_path):
     assert r.exit_code == 1 and "max_p50_latency_ms" in r.output
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("[x86-openvino-int8]\nmax_drop = 1\n", "unknown key 'max_drop'"),
-    ("[x86-openvino-int8]\nmin_agreement = -0.5\n", "non-negative"),
-    ("not toml [", "not valid TOML"),
-    ("[x86-openvino-int8]\nmin_agreement = 5\n", "[x86-openvino-int8] min_agreement = 5 must lie within 0..1"),
-    ("[x86-openvino-int8]\nmin_top1_ratio = 1.01\n", "[x86-openvino-int8] min_top1_ratio = 1.01 must lie within 0..1"),
-    ("[x86-openvino-int8]\nmax_top1_drop_pp = nan\n", "[x86-openvino-int8] max_top1_drop_pp = nan must be a finite"),
-    ("[x86-openvino-int8]\nmax_size_mb = inf\n", "[x86-openvino-int8] max_size_mb = inf must be a finite"),
-    ("[x86-openvino-int8]\nmax_p50_latency_ms = 1e400\n", "max_p50_latency_ms = inf must be a finite"),
-    ("[x86-openvino-int8]\nungated = 1\n", "[x86-openvino-int8] ungated = 1 must be true or false"),
-    ("[x86-openvino-int8]\nungated = true\nmin_agreement = 0.9\n", "ungated = true cannot be combined with limits"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("[x86-openvino-int8]\nmax_drop = 1\n", "unknown key 'max_drop'"),
+        ("[x86-openvino-int8]\nmin_agreement = -0.5\n", "non-negative"),
+        ("not toml [", "not valid TOML"),
+        ("[x86-openvino-int8]\nmin_agreement = 5\n", "[x86-openvino-int8] min_agreement = 5 must lie within 0..1"),
+        ("[x86-openvino-int8]\nmin_top1_ratio = 1.01\n", "[x86-openvino-int8] min_top1_ratio = 1.01 must lie within 0..1"),
+        ("[x86-openvino-int8]\nmax_top1_drop_pp = nan\n", "[x86-openvino-int8] max_top1_drop_pp = nan must be a finite"),
+        ("[x86-openvino-int8]\nmax_size_mb = inf\n", "[x86-openvino-int8] max_size_mb = inf must be a finite"),
+        ("[x86-openvino-int8]\nmax_p50_latency_ms = 1e400\n", "max_p50_latency_ms = inf must be a finite"),
+        ("[x86-openvino-int8]\nungated = 1\n", "[x86-openvino-int8] ungated = 1 must be true or false"),
+        ("[x86-openvino-int8]\nungated = true\nmin_agreement = 0.9\n", "ungated = true cannot be combined with limits"),
+    ],
+)
 def test_bad_gates_files(tmp_path, body, needle):
     p = write_report(tmp_path, [row("x86-openvino-int8")])
     g = tmp_path / "gates.toml"
@@ -234,10 +297,13 @@ def test_bad_gates_files(tmp_path, body, needle):
     assert needle in line and str(g) in line
 
 
-@pytest.mark.parametrize("line,needle", [  # (NaN and inf: targets.py's own number check)
-    ("min_agreement = 5", "[gates] min_agreement = 5"),
-    ("min_top1_ratio = 1.5", "[gates] min_top1_ratio = 1.5"),
-])
+@pytest.mark.parametrize(
+    "line,needle",
+    [  # (NaN and inf: targets.py's own number check)
+        ("min_agreement = 5", "[gates] min_agreement = 5"),
+        ("min_top1_ratio = 1.5", "[gates] min_top1_ratio = 1.5"),
+    ],
+)
 def test_profile_gates_are_checked_like_a_gates_file(tmp_path, line, needle):
     from xception_edge.errors import BadInput
     from xception_edge.targets import load_profile
@@ -266,24 +332,27 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
 _OK_ROW = row("x86-openvino-int8")
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"artifacts": None}, "'artifacts' must be a non-empty list"),
-    ({"artifacts": []}, "'artifacts' must be a non-empty list"),
-    ({"artifacts": {"x86-openvino-int8": _OK_ROW}}, "'artifacts' must be a non-empty list"),
-    ({"artifacts": "artifacts"}, "'artifacts' must be a non-empty list"),
-    ({"artifacts": None, "-": "artifacts"}, "'artifacts' must be a non-empty list"),
-    ({"artifacts": [None]}, "artifacts[0] must be an object"),
-    ({"artifacts": [_OK_ROW, []]}, "artifacts[1] must be an object"),
-    ({"artifacts": [{**_OK_ROW, "target": None}]}, "artifacts[0].target must be a string"),
-    ({"artifacts": [{**_OK_ROW, "name": ["a"]}]}, "artifacts[0].name must be a string"),
-    ({"artifacts": [{**_OK_ROW, "latency": 12.5}]}, "artifacts[0].latency must be an object or null"),
-    ({"reference": None}, "'reference' must be an object"),
-    ({"reference": None, "-": "reference"}, "'reference' must be an object"),
-    ({"host": ["AMD EPYC"]}, "'host' must be an object"),
-    ({"host": {"cpu": None}}, "'host.cpu' must be a string"),
-    ({"model": "model.keras"}, "'model' must be an object"),
-    ({"artifacts": [{**_OK_ROW, "name": "\ud800"}]}, "not valid Unicode"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"artifacts": None}, "'artifacts' must be a non-empty list"),
+        ({"artifacts": []}, "'artifacts' must be a non-empty list"),
+        ({"artifacts": {"x86-openvino-int8": _OK_ROW}}, "'artifacts' must be a non-empty list"),
+        ({"artifacts": "artifacts"}, "'artifacts' must be a non-empty list"),
+        ({"artifacts": None, "-": "artifacts"}, "'artifacts' must be a non-empty list"),
+        ({"artifacts": [None]}, "artifacts[0] must be an object"),
+        ({"artifacts": [_OK_ROW, []]}, "artifacts[1] must be an object"),
+        ({"artifacts": [{**_OK_ROW, "target": None}]}, "artifacts[0].target must be a string"),
+        ({"artifacts": [{**_OK_ROW, "name": ["a"]}]}, "artifacts[0].name must be a string"),
+        ({"artifacts": [{**_OK_ROW, "latency": 12.5}]}, "artifacts[0].latency must be an object or null"),
+        ({"reference": None}, "'reference' must be an object"),
+        ({"reference": None, "-": "reference"}, "'reference' must be an object"),
+        ({"host": ["AMD EPYC"]}, "'host' must be an object"),
+        ({"host": {"cpu": None}}, "'host.cpu' must be a string"),
+        ({"model": "model.keras"}, "'model' must be an object"),
+        ({"artifacts": [{**_OK_ROW, "name": "\ud800"}]}, "not valid Unicode"),
+    ],
+)
 def test_a_malformed_report_is_one_line_bad_input(tmp_path, change, needle):
     change = dict(change)
     drop = change.pop("-", None)
@@ -311,9 +380,28 @@ def test_convert_evaluate_gate_catches_a_broken_conversion(small_model, tmp_path
     --no-verify, so it gets written) fails them, with the target named."""
     model, train, val = small_model
     good = tmp_path / "good"
-    assert run("convert", "--model", model, "--target", "arm64-litert-int8", "--calibration", train,
-               "--num-calibration", 40, "--verify-data", val, "--out", good).exit_code == 0
-    assert run("evaluate", "--model", model, "--artifacts", good, "--data", val, "--report", tmp_path / "rg", "--runs", 3).exit_code == 0
+    assert (
+        run(
+            "convert",
+            "--model",
+            model,
+            "--target",
+            "arm64-litert-int8",
+            "--calibration",
+            train,
+            "--num-calibration",
+            40,
+            "--verify-data",
+            val,
+            "--out",
+            good,
+        ).exit_code
+        == 0
+    )
+    assert (
+        run("evaluate", "--model", model, "--artifacts", good, "--data", val, "--report", tmp_path / "rg", "--runs", 3).exit_code
+        == 0
+    )
     r = run("gate", tmp_path / "rg" / "report.json")
     assert r.exit_code == 0, r.output
 
@@ -324,9 +412,24 @@ def test_convert_evaluate_gate_catches_a_broken_conversion(small_model, tmp_path
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
     bad = tmp_path / "bad"
-    r = run("convert", "--model", model, "--target", "arm64-litert-int8", "--calibration", blank, "--labels", labels,
-            "--no-verify", "--out", bad)
+    r = run(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "arm64-litert-int8",
+        "--calibration",
+        blank,
+        "--labels",
+        labels,
+        "--no-verify",
+        "--out",
+        bad,
+    )
     assert r.exit_code == 0, r.output
-    assert run("evaluate", "--model", model, "--artifacts", bad, "--data", val, "--report", tmp_path / "rb", "--runs", 3).exit_code == 0
+    assert (
+        run("evaluate", "--model", model, "--artifacts", bad, "--data", val, "--report", tmp_path / "rb", "--runs", 3).exit_code
+        == 0
+    )
     r = run("gate", tmp_path / "rb" / "report.json")
     assert r.exit_code == 1 and "gate failed: arm64-litert-int8" in r.output

@@ -20,8 +20,15 @@ def inspected(small_model, tmp_path_factory):
     """The int8 IR and the fp32 IR of one conversion, and the int8 IR's measured layers."""
     model, train, _ = small_model
     tmp = tmp_path_factory.mktemp("inspect_ov")
-    results = run_convert(ConvertRequest(model=str(model), targets=("x86-openvino-int8", "openvino-fp32"), out=tmp / "art",
-                                         calibration=train, num_calibration=16))
+    results = run_convert(
+        ConvertRequest(
+            model=str(model),
+            targets=("x86-openvino-int8", "openvino-fp32"),
+            out=tmp / "art",
+            calibration=train,
+            num_calibration=16,
+        )
+    )
     assert all(r.ok for r in results), [r.error for r in results]
     ctx = open_context(tmp / "art" / "x86-openvino-int8", str(model), train, tmp / "work", num_images=8)
     errors = finish(backend_module("openvino").measure(ctx), ctx.parts)

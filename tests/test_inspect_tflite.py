@@ -24,7 +24,9 @@ def _profile(tmp_path, name: str, scope: str):
     from xception_edge.targets import builtin_dir
 
     text = (builtin_dir() / "arm64-litert-int8.toml").read_text()
-    text = text.replace('name = "arm64-litert-int8"', f'name = "{name}"').replace("ignored_scope = []", f"ignored_scope = [{scope}]")
+    text = text.replace('name = "arm64-litert-int8"', f'name = "{name}"').replace(
+        "ignored_scope = []", f"ignored_scope = [{scope}]"
+    )
     assert f'name = "{name}"' in text and "ignored_scope = [" + scope in text
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
@@ -36,8 +38,16 @@ def artifacts(small_model, tmp_path_factory):
     model, train, val = small_model
     tmp = tmp_path_factory.mktemp("inspect-tflite")
     keep = _profile(tmp, "pi-keep-b3", f'"{KEEP}"')
-    res = run_convert(ConvertRequest(model=str(model), targets=("arm64-litert-int8", str(keep)), out=tmp / "art",
-                                     calibration=train, num_calibration=16, verify_data=val))
+    res = run_convert(
+        ConvertRequest(
+            model=str(model),
+            targets=("arm64-litert-int8", str(keep)),
+            out=tmp / "art",
+            calibration=train,
+            num_calibration=16,
+            verify_data=val,
+        )
+    )
     assert [r.error for r in res] == [None, None]
     return tmp / "art", small_model, tmp
 
@@ -60,8 +70,10 @@ def test_every_weighted_layer_is_matched_with_sane_sqnr(measured):
     assert all(len(by_layer[w]) == 1 for w in weighted)  # each part is one op
     adds = [p.name for p in ctx.parts.values() if p.kind == "residual-add"]
     assert len(adds) == 5 and all(len(by_layer.get(a, [])) == 1 and by_layer[a][0].node.startswith("ADD") for a in adds)
-    assert {by_layer["block4_sepconv1/depthwise"][0].node.split()[0], by_layer["block4_sepconv1/pointwise"][0].node.split()[0]} == {
-        "DEPTHWISE_CONV_2D", "CONV_2D"}
+    assert {
+        by_layer["block4_sepconv1/depthwise"][0].node.split()[0],
+        by_layer["block4_sepconv1/pointwise"][0].node.split()[0],
+    } == {"DEPTHWISE_CONV_2D", "CONV_2D"}
     assert by_layer["predictions"][0].node.startswith("FULLY_CONNECTED")
     w = [by_layer[n][0] for n in weighted]
     assert all(math.isfinite(e.sqnr_db) and math.isfinite(e.input_sqnr_db) for e in errors)
@@ -114,8 +126,13 @@ def test_suffixed_scope_names_resolve_to_the_right_layer(tmp_path):
     m.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
     model = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm")).convert()
     ops = op_layers(interpreter(model), m)
-    assert [(o.op, o.layer) for o in ops] == [("CONV_2D", "conv"), ("ADD", "add"), ("ADD", "add_1"), ("ADD", "add_2"),
-                                               ("CONV_2D", "head")]
+    assert [(o.op, o.layer) for o in ops] == [
+        ("CONV_2D", "conv"),
+        ("ADD", "add"),
+        ("ADD", "add_1"),
+        ("ADD", "add_2"),
+        ("CONV_2D", "head"),
+    ]
 
 
 def test_ignored_scope_keeps_exactly_that_layer_in_float(artifacts):
@@ -153,9 +170,23 @@ def test_ignored_scope_errors_name_the_entry(small_model, tmp_path):
     model, train, _ = small_model
 
     def convert(name, scope):
-        return CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", str(_profile(tmp_path, name, scope)),
-                                        "--calibration", str(train), "--num-calibration", "8", "--no-verify",
-                                        "--out", str(tmp_path / name)])
+        return CliRunner().invoke(
+            cli,
+            [
+                "convert",
+                "--model",
+                str(model),
+                "--target",
+                str(_profile(tmp_path, name, scope)),
+                "--calibration",
+                str(train),
+                "--num-calibration",
+                "8",
+                "--no-verify",
+                "--out",
+                str(tmp_path / name),
+            ],
+        )
 
     r = convert("pi-typo", '"block3_sepconv9"')
     assert r.exit_code == 2, r.output

@@ -28,8 +28,21 @@ def converted(small_model, tmp_path_factory):
     model, train, val = small_model
     out = tmp_path_factory.mktemp("ort") / "out"
     targets = [a for t in ORT_TARGETS for a in ("--target", t)]
-    r = run("convert", "--model", model, *targets, "--calibration", train, "--num-calibration", 60,
-            "--verify-data", val, "--out", out, "--json")
+    r = run(
+        "convert",
+        "--model",
+        model,
+        *targets,
+        "--calibration",
+        train,
+        "--num-calibration",
+        60,
+        "--verify-data",
+        val,
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout), r.output, small_model
 
@@ -75,9 +88,12 @@ def test_every_onnxruntime_target_is_written_and_verified(converted):
         assert r["error"] is None and r["verification"]["passed"], (name, r)
         assert r["verification"]["images"] == 30 and r["verification"]["agreement"] >= 0.9, (name, r)
         assert sorted(p.name for p in (out / name).iterdir()) == sorted(
-            ["labels.txt", "manifest.json", "model.onnx"] + (["calibration.txt"] if "int8" in name else []))
+            ["labels.txt", "manifest.json", "model.onnx"] + (["calibration.txt"] if "int8" in name else [])
+        )
     assert by["onnxruntime-fp32"]["verification"]["max_abs_diff"] < 1e-4
-    assert by["x86-onnxruntime-int8"]["size_bytes"] < 0.8 * by["onnxruntime-fp32"]["size_bytes"]  # tiny model: QDQ overhead; full-size ~0.26
+    assert (
+        by["x86-onnxruntime-int8"]["size_bytes"] < 0.8 * by["onnxruntime-fp32"]["size_bytes"]
+    )  # tiny model: QDQ overhead; full-size ~0.26
     # one ONNX export and one calibration for the whole run (both int8 targets use minmax on the same 60 images)
     assert log.count("Exporting ONNX (opset 17) ...") == 1, log
     q = {t: read_manifest(out / t)["conversion"]["quantization"] for t in ORT_TARGETS[:2]}
@@ -94,9 +110,16 @@ def test_manifest_records_export_and_quantization(converted):
     c = m["conversion"]
     assert c["opset"] == 17 and c["exporter"].startswith("tf2onnx") and c["producer"].startswith("onnx.quantize")
     assert m["tools"]["tf2onnx"] and m["tools"]["onnxruntime"] and m["tools"]["onnx"]
-    assert c["quantization"] == {**c["quantization"], "format": "QDQ", "activation_dtype": "uint8", "weight_dtype": "int8",
-                                 "per_channel": True, "reduce_range": True, "calibration_method": "minmax",
-                                 "calibration_images": 60}
+    assert c["quantization"] == {
+        **c["quantization"],
+        "format": "QDQ",
+        "activation_dtype": "uint8",
+        "weight_dtype": "int8",
+        "per_channel": True,
+        "reduce_range": True,
+        "calibration_method": "minmax",
+        "calibration_images": 60,
+    }
     assert c["quantization"]["u8s8_overflow_pairs"]["pairs"] == 0 and c["quantization"]["u8s8_overflow_pairs"]["of"] > 1000
     assert c["op_counts"]["QuantizeLinear"] > 10 and m["calibration"]["count"] == 60
 
@@ -144,9 +167,12 @@ def test_every_backend_agrees_with_keras_on_the_same_nhwc_images(converted, held
 
     model, train, val = small_model
     x, _, ref = held_out
-    targets = ["litert-fp32"] + [t for t in ("openvino-fp32",) if importlib.util.find_spec("xception_edge.backends.openvino.convert")]
-    r = run("convert", "--model", model, *[a for t in targets for a in ("--target", t)], "--verify-data", val,
-            "--out", tmp_path / "o")
+    targets = ["litert-fp32"] + [
+        t for t in ("openvino-fp32",) if importlib.util.find_spec("xception_edge.backends.openvino.convert")
+    ]
+    r = run(
+        "convert", "--model", model, *[a for t in targets for a in ("--target", t)], "--verify-data", val, "--out", tmp_path / "o"
+    )
     assert r.exit_code == 0, r.output
     probs = {t: open_artifact(tmp_path / "o" / t).predict(x) for t in targets}
     probs["onnxruntime-fp32"] = open_artifact(converted[0] / "onnxruntime-fp32").predict(x)
@@ -156,15 +182,38 @@ def test_every_backend_agrees_with_keras_on_the_same_nhwc_images(converted, held
 
 def test_calibration_method_and_ignored_scope_come_from_the_profile(small_model, tmp_path):
     model, train, val = small_model
-    base = ('backend = "onnxruntime"\nformat = "onnx"\nprecision = "int8"\ncalibration_size = 30\n'
-            '[quantization]\nactivation_dtype = "uint8"\nreduce_range = true\n')
-    for name, extra in (("ort-minmax", ""), ("ort-percentile", 'calibration_method = "percentile"\n'),
-                        ("ort-keep-head", 'ignored_scope = ["predictions"]\n')):
+    base = (
+        'backend = "onnxruntime"\nformat = "onnx"\nprecision = "int8"\ncalibration_size = 30\n'
+        '[quantization]\nactivation_dtype = "uint8"\nreduce_range = true\n'
+    )
+    for name, extra in (
+        ("ort-minmax", ""),
+        ("ort-percentile", 'calibration_method = "percentile"\n'),
+        ("ort-keep-head", 'ignored_scope = ["predictions"]\n'),
+    ):
         (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\n' + base + extra)
-    r = run("convert", "--model", model, "--target", tmp_path / "ort-minmax.toml", "--target", tmp_path / "ort-percentile.toml",
-            "--target", tmp_path / "ort-keep-head.toml", "--calibration", train, "--verify-data", val, "--out", tmp_path / "o")
+    r = run(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        tmp_path / "ort-minmax.toml",
+        "--target",
+        tmp_path / "ort-percentile.toml",
+        "--target",
+        tmp_path / "ort-keep-head.toml",
+        "--calibration",
+        train,
+        "--verify-data",
+        val,
+        "--out",
+        tmp_path / "o",
+    )
     assert r.exit_code == 0, r.output
-    q = {n: read_manifest(tmp_path / "o" / n)["conversion"]["quantization"] for n in ("ort-minmax", "ort-percentile", "ort-keep-head")}
+    q = {
+        n: read_manifest(tmp_path / "o" / n)["conversion"]["quantization"]
+        for n in ("ort-minmax", "ort-percentile", "ort-keep-head")
+    }
     assert q["ort-percentile"]["calibration_method"] == "percentile" and q["ort-percentile"]["calibration_reused"] is False
     assert q["ort-keep-head"]["calibration_reused"] is True  # same method and images as ort-minmax
     from onnx import numpy_helper
@@ -247,18 +296,35 @@ def test_runtime_imports_only_onnxruntime(converted):
 ORT = 'backend = "onnxruntime"\nformat = "onnx"\n'
 
 
-@pytest.mark.parametrize("body,needle", [
-    (ORT + 'precision = "fp16"\n', 'support precision "fp32" or "int8"'),
-    (ORT + 'precision = "int8"\ninput_dtype = "uint8"\n', "keeps float32 input and output"),
-    (ORT + 'precision = "int8"\n[quantization]\nweight_dtype = "uint8"\n', "no int8-activation x uint8-weight kernels"),
-    ('backend = "litert"\nformat = "tflite"\nprecision = "int8"\n[quantization]\nx86_without_vnni = true\n',
-     "x86_without_vnni is an onnxruntime setting"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (ORT + 'precision = "fp16"\n', 'support precision "fp32" or "int8"'),
+        (ORT + 'precision = "int8"\ninput_dtype = "uint8"\n', "keeps float32 input and output"),
+        (ORT + 'precision = "int8"\n[quantization]\nweight_dtype = "uint8"\n', "no int8-activation x uint8-weight kernels"),
+        (
+            'backend = "litert"\nformat = "tflite"\nprecision = "int8"\n[quantization]\nx86_without_vnni = true\n',
+            "x86_without_vnni is an onnxruntime setting",
+        ),
+    ],
+)
 def test_inconsistent_onnxruntime_profiles_are_bad_input(tmp_path, image_folder, body, needle):
     toml = tmp_path / "bad.toml"
     toml.write_text('name = "bad"\n' + body)
-    r = CliRunner().invoke(cli, ["convert", "--model", "m.keras", "--target", str(toml), "--calibration", str(image_folder),
-                                 "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "convert",
+            "--model",
+            "m.keras",
+            "--target",
+            str(toml),
+            "--calibration",
+            str(image_folder),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 2 and needle in r.output, r.output
 
 
@@ -266,13 +332,30 @@ def test_weights_that_can_saturate_without_vnni_are_refused_or_warned(small_mode
     """Verification on a host with VNNI cannot see AVX2's 16-bit saturation, so the converter counts
     the weight pairs that can saturate: a profile for CPUs without VNNI refuses them."""
     model, train, val = small_model
-    base = ('backend = "onnxruntime"\nformat = "onnx"\nprecision = "int8"\nhardware = "x86-64"\ncalibration_size = 30\n'
-            '[quantization]\nactivation_dtype = "uint8"\nreduce_range = false\n')
+    base = (
+        'backend = "onnxruntime"\nformat = "onnx"\nprecision = "int8"\nhardware = "x86-64"\ncalibration_size = 30\n'
+        '[quantization]\nactivation_dtype = "uint8"\nreduce_range = false\n'
+    )
     (tmp_path / "guarded.toml").write_text('name = "guarded"\n' + base + "x86_without_vnni = true\n")
     (tmp_path / "unguarded.toml").write_text('name = "unguarded"\n' + base)
-    r = CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", str(tmp_path / "guarded.toml"),
-                                 "--target", str(tmp_path / "unguarded.toml"), "--calibration", str(train),
-                                 "--verify-data", str(val), "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "convert",
+            "--model",
+            str(model),
+            "--target",
+            str(tmp_path / "guarded.toml"),
+            "--target",
+            str(tmp_path / "unguarded.toml"),
+            "--calibration",
+            str(train),
+            "--verify-data",
+            str(val),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "guarded: " in r.output and "can saturate the 16-bit sums" in r.output and "reduce_range = true" in r.output
     assert not (tmp_path / "o" / "guarded").exists()

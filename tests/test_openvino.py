@@ -32,8 +32,21 @@ def _targets_args():
 def converted(small_model, tmp_path_factory):
     model, train, val = small_model
     out = tmp_path_factory.mktemp("ov") / "out"
-    r = run("convert", "--model", model, *_targets_args(), "--calibration", train, "--num-calibration", 60,
-            "--verify-data", val, "--out", out, "--json")
+    r = run(
+        "convert",
+        "--model",
+        model,
+        *_targets_args(),
+        "--calibration",
+        train,
+        "--num-calibration",
+        60,
+        "--verify-data",
+        val,
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout), small_model
 
@@ -107,7 +120,8 @@ def test_weighted_ops_carry_keras_layer_names(converted):
             expected.add(layer.name)
     assert len(expected) > 10 and expected <= names
     assert read_manifest(out / "openvino-fp32")["conversion"]["keras_layers_named"] == len(
-        [l for l in km.layers if l.__class__.__name__ in ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")])
+        [l for l in km.layers if l.__class__.__name__ in ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")]
+    )
 
 
 def test_runtime_agrees_with_keras_on_held_out_images(converted):
@@ -147,8 +161,13 @@ def test_manifest_io_and_tools(converted):
         assert m["tools"]["openvino"].startswith("20") and m["conversion"]["cpu_inference_precision"] == "f32"
     m = read_manifest(out / "x86-openvino-int8")
     assert "nncf" in m["tools"] and m["calibration"]["count"] == 60
-    assert m["conversion"]["nncf"] == {"preset": "performance", "subset_size": 60, "fast_bias_correction": True,
-                                       "per_channel_weights": True, "ignored_scope": []}
+    assert m["conversion"]["nncf"] == {
+        "preset": "performance",
+        "subset_size": 60,
+        "fast_bias_correction": True,
+        "per_channel_weights": True,
+        "ignored_scope": [],
+    }
 
 
 @pytest.mark.parametrize("damage", ["delete", "modify"])
@@ -171,8 +190,10 @@ def test_missing_or_modified_bin_is_refused(converted, tmp_path, damage):
 
 def _profile(tmp_path, name, ignored, quantization=""):
     toml = tmp_path / f"{name}.toml"
-    toml.write_text(f'name = "{name}"\nbackend = "openvino"\nformat = "openvino-ir"\nprecision = "int8"\n'
-                    f'calibration_size = 30\n[quantization]\nignored_scope = {json.dumps(ignored)}\n{quantization}')
+    toml.write_text(
+        f'name = "{name}"\nbackend = "openvino"\nformat = "openvino-ir"\nprecision = "int8"\n'
+        f"calibration_size = 30\n[quantization]\nignored_scope = {json.dumps(ignored)}\n{quantization}"
+    )
     return toml
 
 
@@ -184,14 +205,18 @@ def test_bad_subset_size_is_refused(tmp_path, value):
         load_profile(_profile(tmp_path, "p", [], f"subset_size = {value}\n"))
 
 
-@pytest.mark.parametrize("top, message", [('precision = "dynamic-int8"', "not dynamic-int8"),
-                                          ('input_dtype = "int8"', "keep float32 input and output")])
+@pytest.mark.parametrize(
+    "top, message",
+    [('precision = "dynamic-int8"', "not dynamic-int8"), ('input_dtype = "int8"', "keep float32 input and output")],
+)
 def test_openvino_profile_without_an_ir_equivalent_is_refused(tmp_path, top, message):
     from xception_edge.targets import load_profile
 
     toml = tmp_path / "p.toml"
-    toml.write_text(f'name = "p"\nbackend = "openvino"\nformat = "openvino-ir"\n{top}\n'
-                    + ('precision = "int8"\n' if "precision" not in top else ""))
+    toml.write_text(
+        f'name = "p"\nbackend = "openvino"\nformat = "openvino-ir"\n{top}\n'
+        + ('precision = "int8"\n' if "precision" not in top else "")
+    )
     with pytest.raises(BadInput, match=message):
         load_profile(toml)
 
@@ -199,8 +224,22 @@ def test_openvino_profile_without_an_ir_equivalent_is_refused(tmp_path, top, mes
 def test_bad_ignored_scope_name_is_a_one_line_error(small_model, tmp_path):
     model, train, val = small_model
     toml = _profile(tmp_path, "ov-ignore-typo", ["block2_sepconv9"])
-    r = CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", str(toml), "--calibration", str(train),
-                                 "--verify-data", str(val), "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "convert",
+            "--model",
+            str(model),
+            "--target",
+            str(toml),
+            "--calibration",
+            str(train),
+            "--verify-data",
+            str(val),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "block2_sepconv9" in r.output and "block2_sepconv1" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out" / "ov-ignore-typo").exists()
@@ -219,27 +258,42 @@ def test_ignored_scope_entries_resolve_to_op_names(small_model, tmp_path):
     softmax = next(op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Softmax")
     profile = load_profile(_profile(tmp_path, "p", ["block2_sepconv2", softmax, "block2_sepconv2/pointwise"]))
     assert resolve_ignored_scope(profile, model, layer_ops, src) == [
-        "block2_sepconv2/depthwise", "block2_sepconv2/pointwise", softmax]
-    with pytest.raises(BadInput, match=r"'block2_add' is a Keras Add layer, which has no weights.*block2_sepconv1, block2_sepconv2, block2_residual"):
+        "block2_sepconv2/depthwise",
+        "block2_sepconv2/pointwise",
+        softmax,
+    ]
+    with pytest.raises(
+        BadInput,
+        match=r"'block2_add' is a Keras Add layer, which has no weights.*block2_sepconv1, block2_sepconv2, block2_residual",
+    ):
         resolve_ignored_scope(load_profile(_profile(tmp_path, "q", ["block2_add"])), model, layer_ops, src)
     assert src.ov_model(tmp_path) is src.ov_model(tmp_path)  # converted once per run, shared by every target
 
 
 def test_ignored_scope_keeps_named_keras_layers_in_float(small_model, tmp_path):
     model, train, val = small_model
-    toml = _profile(tmp_path, "ov-ignore", ["block1_conv1", "block2_sepconv1", "predictions"],
-                    'preset = "mixed"\nsubset_size = 20\n')
-    r = run("convert", "--model", model, "--target", toml, "--calibration", train, "--verify-data", val,
-            "--out", tmp_path / "out")
+    toml = _profile(
+        tmp_path, "ov-ignore", ["block1_conv1", "block2_sepconv1", "predictions"], 'preset = "mixed"\nsubset_size = 20\n'
+    )
+    r = run(
+        "convert", "--model", model, "--target", toml, "--calibration", train, "--verify-data", val, "--out", tmp_path / "out"
+    )
     assert r.exit_code == 0, r.output
     art = tmp_path / "out" / "ov-ignore"
     m = read_manifest(art)
     assert m["conversion"]["nncf"]["preset"] == "mixed" and m["conversion"]["nncf"]["subset_size"] == 20
     assert m["calibration"]["count"] == 30
     assert m["conversion"]["nncf"]["ignored_scope"] == [
-        "block1_conv1", "block2_sepconv1/depthwise", "block2_sepconv1/pointwise", "predictions"]
-    types = {op.get_friendly_name(): _weight_type(op) for op in _ir(art).get_ops()
-             if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")}
+        "block1_conv1",
+        "block2_sepconv1/depthwise",
+        "block2_sepconv1/pointwise",
+        "predictions",
+    ]
+    types = {
+        op.get_friendly_name(): _weight_type(op)
+        for op in _ir(art).get_ops()
+        if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+    }
     assert types["block1_conv1"] == types["predictions"] == types["block2_sepconv1/pointwise"] == "f32"
     assert types["block1_conv2"] == types["block2_sepconv2/pointwise"] == "i8"
 
@@ -253,9 +307,26 @@ def test_collapsed_int8_is_caught_and_not_written(small_model, tmp_path):
         Image.new("RGB", (71, 71), (0, 0, 0)).save(cal / f"black{i}.png")
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
-    r = CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", "openvino-fp32", "--target", "x86-openvino-int8",
-                                 "--calibration", str(cal), "--verify-data", str(val), "--labels", str(labels),
-                                 "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "convert",
+            "--model",
+            str(model),
+            "--target",
+            "openvino-fp32",
+            "--target",
+            "x86-openvino-int8",
+            "--calibration",
+            str(cal),
+            "--verify-data",
+            str(val),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "x86-openvino-int8: top-1 agreement" in r.output and "below the floor" in r.output
     assert not (tmp_path / "out" / "x86-openvino-int8").exists()
@@ -280,8 +351,22 @@ def test_missing_openvino_names_the_extra(converted, monkeypatch):
 def test_missing_openvino_stops_a_conversion_with_exit_2(small_model, tmp_path, monkeypatch):
     model, train, val = small_model
     monkeypatch.setitem(sys.modules, "openvino", None)
-    r = CliRunner().invoke(cli, ["convert", "--model", str(model), "--target", "openvino-fp32", "--calibration", str(train),
-                                 "--verify-data", str(val), "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "convert",
+            "--model",
+            str(model),
+            "--target",
+            "openvino-fp32",
+            "--calibration",
+            str(train),
+            "--verify-data",
+            str(val),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "openvino is not installed" in r.output and "xception-edge[openvino]" in r.output
     assert not (tmp_path / "out").exists()  # a run that wrote nothing leaves no --out behind

@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xception_edge.preprocess import PreprocessSpec, UndecodableImage, decode, load_image, load_images, preprocess_array, resize_bilinear, scale, to_rgb
+from xception_edge.preprocess import (
+    PreprocessSpec,
+    UndecodableImage,
+    decode,
+    load_image,
+    load_images,
+    preprocess_array,
+    resize_bilinear,
+    scale,
+    to_rgb,
+)
 from xception_edge.errors import BadInput
 
 
@@ -16,7 +26,9 @@ def test_scaling_equals_keras_xception_preprocess_input():
     assert scale(np.array([0.0, 255.0])).tolist() == [-1.0, 1.0]
 
 
-@pytest.mark.parametrize("src,dst", [((37, 53), (71, 71)), ((300, 200), (96, 96)), ((1000, 777), (299, 299)), ((96, 96), (96, 96))])
+@pytest.mark.parametrize(
+    "src,dst", [((37, 53), (71, 71)), ((300, 200), (96, 96)), ((1000, 777), (299, 299)), ((96, 96), (96, 96))]
+)
 def test_bilinear_resize_matches_tf_image_resize(src, dst):
     import tensorflow as tf
 
@@ -34,7 +46,9 @@ def test_default_pipeline_matches_keras_image_dataset_from_directory(tmp_path):
     d = tmp_path / "ds" / "only"
     d.mkdir(parents=True)
     Image.fromarray(rng.integers(0, 256, (123, 211, 3), dtype=np.uint8)).save(d / "x.png")
-    ds = keras.utils.image_dataset_from_directory(tmp_path / "ds", image_size=(71, 71), batch_size=1, shuffle=False, verbose=False)
+    ds = keras.utils.image_dataset_from_directory(
+        tmp_path / "ds", image_size=(71, 71), batch_size=1, shuffle=False, verbose=False
+    )
     keras_x = next(iter(ds))[0].numpy()[0]
     ours = load_image(d / "x.png", PreprocessSpec(71, 71))
     np.testing.assert_allclose(ours, keras_x / 127.5 - 1, atol=1e-4)
@@ -184,8 +198,12 @@ def test_a_tiny_file_claiming_15000x15000_pixels_costs_nothing(monkeypatch):
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 15000, 15000, 1, 0, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 15000, 15000, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda *a, **k: pytest.fail("pixels were decoded"))
     with pytest.raises(UndecodableImage, match=r"225000000 pixels.*the limit here is 40 megapixels"):
         decode(io.BytesIO(png))  # Pillow's own check (above 179 MP) answers first, named as such

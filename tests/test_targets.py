@@ -5,7 +5,7 @@ import pytest
 
 from xception_edge.errors import BadInput
 from xception_edge.targets import builtin_names, load_profile, resolve_target, resolve_targets
-from xception_edge.types import DType, Precision
+from xception_edge.profiles import DType, Precision
 
 
 def test_builtin_litert_targets_have_the_promised_settings():
@@ -14,7 +14,12 @@ def test_builtin_litert_targets_have_the_promised_settings():
         assert n in names
     p = resolve_target("arm64-litert-int8")
     assert (p.backend, p.precision, p.input_dtype, p.output_dtype, p.per_channel) == (
-        "litert", Precision.INT8, DType.INT8, DType.INT8, True)
+        "litert",
+        Precision.INT8,
+        DType.INT8,
+        DType.INT8,
+        True,
+    )
     assert p.calibration_size == 300 and p.gates.max_top1_drop_pp is not None
     assert resolve_target("arm64-litert-fp16").precision is Precision.FP16
     assert resolve_target("litert-dynamic-int8").precision is Precision.DYNAMIC_INT8
@@ -41,15 +46,21 @@ def test_unknown_key_names_key_and_file(tmp_path):
         load_profile(f)
 
 
-@pytest.mark.parametrize("body,match", [
-    ('name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "int4"\n', "precision = 'int4' is not one of"),
-    ('name = "x"\nbackend = "litert"\nformat = "onnx"\nprecision = "fp32"\n', "writes format tflite"),
-    ('name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "fp32"\ninput_dtype = "int8"\n', "needs precision"),
-    ('name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "fp32"\nthreads = 0\n', "positive integer"),
-    ('name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "fp32"\n[gates]\nmax_top1_drop_pp = -1\n', "must not be negative"),
-    ('name = "x"\nbackend = "litert"\nformat = "tflite"\n', "missing required key 'precision'"),
-    ('name = "x\nbackend', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ('name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "int4"\n', "precision = 'int4' is not one of"),
+        ('name = "x"\nbackend = "litert"\nformat = "onnx"\nprecision = "fp32"\n', "writes format tflite"),
+        ('name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "fp32"\ninput_dtype = "int8"\n', "needs precision"),
+        ('name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "fp32"\nthreads = 0\n', "positive integer"),
+        (
+            'name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "fp32"\n[gates]\nmax_top1_drop_pp = -1\n',
+            "must not be negative",
+        ),
+        ('name = "x"\nbackend = "litert"\nformat = "tflite"\n', "missing required key 'precision'"),
+        ('name = "x\nbackend', "not valid TOML"),
+    ],
+)
 def test_malformed_profiles_are_one_line_errors(tmp_path, body, match):
     f = tmp_path / "bad.toml"
     f.write_text(body)
@@ -60,8 +71,10 @@ def test_malformed_profiles_are_one_line_errors(tmp_path, body, match):
 
 def test_target_from_a_user_toml_path(tmp_path):
     f = tmp_path / "pi-zero.toml"
-    f.write_text('name = "pi-zero"\ndescription = "mine"\nbackend = "litert"\nformat = "tflite"\nprecision = "int8"\n'
-                 'input_dtype = "uint8"\noutput_dtype = "float32"\nper_channel = false\ncalibration_size = 50\n')
+    f.write_text(
+        'name = "pi-zero"\ndescription = "mine"\nbackend = "litert"\nformat = "tflite"\nprecision = "int8"\n'
+        'input_dtype = "uint8"\noutput_dtype = "float32"\nper_channel = false\ncalibration_size = 50\n'
+    )
     p = resolve_target(str(f))
     assert p.name == "pi-zero" and p.input_dtype is DType.UINT8 and not p.per_channel and p.calibration_size == 50
 
@@ -72,6 +85,7 @@ def test_all_expands_to_every_builtin_once():
     assert names[0] == "litert-fp32" and sorted(names) == sorted(set(names)) and set(names) == set(builtin_names())
 
 
+@pytest.mark.slow  # a fresh venv or wheel build
 def test_builtin_profiles_ship_in_a_non_editable_install(tmp_path):
     """Build the wheel and check the profiles are inside the package."""
     import subprocess
@@ -91,8 +105,10 @@ def _profile_text(name: str, extra: str = "") -> str:
     return f'name = {json.dumps(name)}\nbackend = "litert"\nformat = "tflite"\nprecision = "fp32"\n{extra}'
 
 
-@pytest.mark.parametrize("name", ["../victim/important", "a/b", "/abs", "", ".", "..", ".hidden", "-rf", "a b",
-                                  "x" * 101, "caf\u00e9", "nul\u0000", "a\tb"])
+@pytest.mark.parametrize(
+    "name",
+    ["../victim/important", "a/b", "/abs", "", ".", "..", ".hidden", "-rf", "a b", "x" * 101, "caf\u00e9", "nul\u0000", "a\tb"],
+)
 def test_profile_name_must_be_a_plain_folder_name(tmp_path, name):
     f = tmp_path / "evil.toml"
     f.write_text(_profile_text(name))
@@ -116,7 +132,9 @@ def test_plain_profile_names_are_accepted(tmp_path):
 def test_a_custom_profile_with_a_builtin_name_is_not_silently_dropped(tmp_path):
     mine = tmp_path / "my.toml"
     mine.write_text(_profile_text("litert-fp32", "threads = 1\n"))
-    with pytest.raises(BadInput, match=r"two different target profiles are named 'litert-fp32': .*litert-fp32\.toml and .*my\.toml") as info:
+    with pytest.raises(
+        BadInput, match=r"two different target profiles are named 'litert-fp32': .*litert-fp32\.toml and .*my\.toml"
+    ) as info:
         resolve_targets(["litert-fp32", str(mine)])
     assert "\n" not in str(info.value)
     with pytest.raises(BadInput, match="two different target profiles"):
@@ -129,13 +147,16 @@ def test_a_custom_profile_with_a_builtin_name_is_not_silently_dropped(tmp_path):
     assert [p.source for p in ps] == [builtin.source]
 
 
-@pytest.mark.parametrize("extra,match", [
-    ("[verify]\nnum_images = 3.5\n", r"\[verify\] num_images must be a whole number, got 3\.5"),
-    ("[gates]\nmax_top1_drop_pp = nan\n", r"max_top1_drop_pp must be a finite number, got nan"),
-    ("[gates]\nmax_size_mb = inf\n", r"max_size_mb must be a finite number, got inf"),
-    ("[verify]\nnum_images = 9223372036854775807\n", r"num_images = 9223372036854775807 is too large"),
-    ("threads = 9223372036854775807\n", r"threads must be a positive integer \(at most 2147483647\)"),
-])
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        ("[verify]\nnum_images = 3.5\n", r"\[verify\] num_images must be a whole number, got 3\.5"),
+        ("[gates]\nmax_top1_drop_pp = nan\n", r"max_top1_drop_pp must be a finite number, got nan"),
+        ("[gates]\nmax_size_mb = inf\n", r"max_size_mb must be a finite number, got inf"),
+        ("[verify]\nnum_images = 9223372036854775807\n", r"num_images = 9223372036854775807 is too large"),
+        ("threads = 9223372036854775807\n", r"threads must be a positive integer \(at most 2147483647\)"),
+    ],
+)
 def test_profile_numbers_must_be_finite_and_of_the_right_kind(tmp_path, extra, match):
     f = tmp_path / "n.toml"
     f.write_text(_profile_text("n", extra))

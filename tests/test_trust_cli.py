@@ -23,12 +23,22 @@ EXE = str(Path(sys.executable).with_name("xception-edge"))
 
 def cli(*args, env=None, umask=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
     """The console script in a child process: SIGINT at its default whatever launched the suite."""
+
     def pre():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         if umask is not None:
             os.umask(umask)
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
-                          preexec_fn=pre, stdin=subprocess.DEVNULL, cwd=cwd)
+
+    return subprocess.run(
+        [EXE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        preexec_fn=pre,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
 
 
 def one_error_line(r) -> str:
@@ -90,17 +100,46 @@ def test_stale_temporaries_of_a_killed_run_are_removed(small_model, tmp_path):
 
 def test_failed_run_leaves_no_out_folder_and_json_is_checked_first(small_model, tmp_path):
     model, train, _ = small_model
-    r = cli("convert", "--model", model, "--target", "arm64-litert-int8", "--calibration", tmp_path / "nope",
-            "--out", tmp_path / "out")
+    r = cli(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "arm64-litert-int8",
+        "--calibration",
+        tmp_path / "nope",
+        "--out",
+        tmp_path / "out",
+    )
     assert r.returncode == 2 and not (tmp_path / "out").exists()
     (tmp_path / "dir").mkdir()
-    r = cli("convert", "--model", model, "--target", "litert-fp32", "--calibration", train, "--out", tmp_path / "out",
-            f"--json={tmp_path / 'dir'}")
+    r = cli(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "litert-fp32",
+        "--calibration",
+        train,
+        "--out",
+        tmp_path / "out",
+        f"--json={tmp_path / 'dir'}",
+    )
     assert r.returncode == 2 and "--json" in one_error_line(r) and "is a folder" in one_error_line(r)
     assert not (tmp_path / "out").exists()
     (tmp_path / "file").write_text("x")
-    r = cli("convert", "--model", model, "--target", "litert-fp32", "--calibration", train, "--out", tmp_path / "out",
-            f"--json={tmp_path / 'file' / 'sub.json'}")
+    r = cli(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "litert-fp32",
+        "--calibration",
+        train,
+        "--out",
+        tmp_path / "out",
+        f"--json={tmp_path / 'file' / 'sub.json'}",
+    )
     assert r.returncode == 2 and "--json" in one_error_line(r)
     assert not (tmp_path / "out").exists()
 
@@ -119,10 +158,13 @@ def test_a_full_disk_fails_the_target_with_one_line_and_exit_1(small_model, tmp_
     model, train, _ = small_model
     disk = tmp_path / "disk"
     disk.mkdir()
-    script = f"mount -t tmpfs -o size=64k tmpfs {disk} && exec {EXE} convert --model {model} --target litert-fp32 " \
-             f"--no-verify --out {disk}/out"
-    r = subprocess.run([*_unshare_prefix(), "sh", "-c", script], capture_output=True, text=True, timeout=600,
-                       stdin=subprocess.DEVNULL)
+    script = (
+        f"mount -t tmpfs -o size=64k tmpfs {disk} && exec {EXE} convert --model {model} --target litert-fp32 "
+        f"--no-verify --out {disk}/out"
+    )
+    r = subprocess.run(
+        [*_unshare_prefix(), "sh", "-c", script], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
     assert r.returncode == 1, r.stderr
     line = one_error_line(r)
     assert "litert-fp32" in line and "disk is full" in line
@@ -137,9 +179,27 @@ def test_ctrl_c_during_convert_exits_130_and_leaves_nothing(small_model, tmp_pat
 
     def pre():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-    p = subprocess.Popen([EXE, "convert", "--model", str(model), "--target", "arm64-litert-int8", "--target",
-                          "x86-openvino-int8", "--calibration", str(train), "--out", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pre)
+
+    p = subprocess.Popen(
+        [
+            EXE,
+            "convert",
+            "--model",
+            str(model),
+            "--target",
+            "arm64-litert-int8",
+            "--target",
+            "x86-openvino-int8",
+            "--calibration",
+            str(train),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=pre,
+    )
     deadline = time.monotonic() + 60
     while not (out / LOCK).exists() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -161,7 +221,7 @@ def test_an_interrupt_swallowed_by_a_framework_still_stops_the_commit(tmp_path):
         from xception_edge.artifact import staged_dir
         interrupts.install()
         try:
-            with staged_dir(Path({str(tmp_path / 'art')!r}), force=False) as s:
+            with staged_dir(Path({str(tmp_path / "art")!r}), force=False) as s:
                 (s / 'model.tflite').write_bytes(b'x')
                 print('ready', flush=True)
                 try:  # what a swallowing framework does
@@ -173,8 +233,12 @@ def test_an_interrupt_swallowed_by_a_framework_still_stops_the_commit(tmp_path):
             sys.exit(interrupts.exit_code())
         sys.exit(0)
     """)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as a background shell does
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # as a background shell does
     assert p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGINT)
     rest = p.stdout.read()
@@ -184,7 +248,7 @@ def test_an_interrupt_swallowed_by_a_framework_still_stops_the_commit(tmp_path):
 
 
 # ---------------------------------------------------------------- telemetry and permissions
-SITE = '''
+SITE = """
 import json, os, socket
 _log = os.environ["XE_NET_LOG"]
 def _local(host):
@@ -208,7 +272,7 @@ def getaddrinfo(host, *a, **k):
         raise socket.gaierror("network disabled by the test")
     return _gai(host, *a, **k)
 socket.getaddrinfo = getaddrinfo
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -222,12 +286,32 @@ def openvino_run(small_model, tmp_path_factory):
     (site / "sitecustomize.py").write_text(SITE)
     log = root / "net.log"
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL", "NNCF_CI", "NNCF_DEV")}
-    env.update(HOME=str(root / "home"), XE_NET_LOG=str(log),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    env.update(
+        HOME=str(root / "home"),
+        XE_NET_LOG=str(log),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    )
     (root / "home").mkdir()
     out = root / "out"
-    r = cli("convert", "--model", model, "--target", "x86-openvino-int8", "--target", "openvino-fp32", "--calibration",
-            train, "--num-calibration", 20, "--verify-data", val, "--out", out, env=env, umask=0o027)
+    r = cli(
+        "convert",
+        "--model",
+        model,
+        "--target",
+        "x86-openvino-int8",
+        "--target",
+        "openvino-fp32",
+        "--calibration",
+        train,
+        "--num-calibration",
+        20,
+        "--verify-data",
+        val,
+        "--out",
+        out,
+        env=env,
+        umask=0o027,
+    )
     return r, log, out, root / "home"
 
 
@@ -266,11 +350,14 @@ def test_bench_refuses_a_tampered_manifest(openvino_run, tmp_path):
 
 
 # ---------------------------------------------------------------- messages that blamed the wrong thing
-@pytest.mark.parametrize("args,needle", [
-    (["--weights", "imagenet", "--input-size", "71"], "take 299x299"),
-    (["--weights", "none", "--num-classes", "0"], "--num-classes 0 must be at least 2"),
-    (["--weights", "none", "--num-classes", "-1"], "--num-classes -1 must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--weights", "imagenet", "--input-size", "71"], "take 299x299"),
+        (["--weights", "none", "--num-classes", "0"], "--num-classes 0 must be at least 2"),
+        (["--weights", "none", "--num-classes", "-1"], "--num-classes -1 must be at least 2"),
+    ],
+)
 def test_keras_xception_options_blame_the_option_not_the_internet(tmp_path, args, needle):
     r = cli("convert", "--model", "keras:xception", *args, "--target", "litert-fp32", "--no-verify", "--out", tmp_path / "o")
     assert r.returncode == 2

@@ -25,7 +25,7 @@ from xception_edge.dataset import labelled_images
 from xception_edge.errors import BadInput
 from xception_edge.preprocess import PreprocessSpec, UndecodableImage, load_image
 from xception_edge.targets import builtin_dir, builtin_names, load_profile, profile_from_dict
-from xception_edge.types import GateSpec, QuantSpec, TargetProfile, VerifySpec
+from xception_edge.profiles import GateSpec, QuantSpec, TargetProfile, VerifySpec
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
@@ -44,11 +44,24 @@ def _encoded(fmt: str, mode: str = "RGB", **kw) -> bytes:
 
 _ROTATED = Image.Exif()
 _ROTATED[0x0112] = 6
-SEEDS = [_encoded("PNG"), _encoded("PNG", "P"), _encoded("PNG", "LA"), _encoded("PNG", "I;16"), _encoded("PNG", "1"),
-         _encoded("JPEG"), _encoded("JPEG", "L", exif=_ROTATED), _encoded("JPEG", "CMYK"), _encoded("BMP"),
-         _encoded("BMP", "P"), _encoded("WEBP"), _encoded("WEBP", "RGBA", lossless=True)]
+SEEDS = [
+    _encoded("PNG"),
+    _encoded("PNG", "P"),
+    _encoded("PNG", "LA"),
+    _encoded("PNG", "I;16"),
+    _encoded("PNG", "1"),
+    _encoded("JPEG"),
+    _encoded("JPEG", "L", exif=_ROTATED),
+    _encoded("JPEG", "CMYK"),
+    _encoded("BMP"),
+    _encoded("BMP", "P"),
+    _encoded("WEBP"),
+    _encoded("WEBP", "RGBA", lossless=True),
+]
 # A DDS header with pixel-format flags Pillow does not know: NotImplementedError escaped decode().
-DDS_UNKNOWN_FORMAT = b"DDS " + struct.pack("<7I", 124, 0x100F, 8, 8, 32, 0, 0) + bytes(44) + struct.pack("<2I", 32, 0) + bytes(296)
+DDS_UNKNOWN_FORMAT = (
+    b"DDS " + struct.pack("<7I", 124, 0x100F, 8, 8, 32, 0, 0) + bytes(44) + struct.pack("<2I", 32, 0) + bytes(296)
+)
 
 
 @st.composite
@@ -76,8 +89,16 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 def png_headers(draw) -> bytes:
     """A PNG whose (checksummed) header claims any size, bit depth and colour type."""
     side = st.one_of(st.integers(0, 64), st.integers(0, 2**31 - 1))
-    ihdr = struct.pack(">IIBBBBB", draw(side), draw(side), draw(st.sampled_from([0, 1, 2, 4, 8, 16])),
-                       draw(st.sampled_from([0, 1, 2, 3, 4, 6, 7])), 0, 0, draw(st.integers(0, 1)))
+    ihdr = struct.pack(
+        ">IIBBBBB",
+        draw(side),
+        draw(side),
+        draw(st.sampled_from([0, 1, 2, 4, 8, 16])),
+        draw(st.sampled_from([0, 1, 2, 3, 4, 6, 7])),
+        0,
+        0,
+        draw(st.integers(0, 1)),
+    )
     body = draw(st.binary(max_size=64))
     idat = zlib.compress(body) if draw(st.booleans()) else body
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
@@ -99,6 +120,7 @@ def test_the_decoder_returns_a_model_input_or_raises_undecodable_image(data):
 
 # ---------------------------------------------------------------- list files
 
+
 @pytest.fixture(scope="module")
 def list_root(tmp_path_factory) -> Path:
     return write_images(tmp_path_factory.mktemp("lists") / "root", classes=("a", "b", "c"), per_class=2, size=(8, 8))
@@ -108,11 +130,34 @@ KNOWN = st.sampled_from(["a/a_000.png", "a/a_001.png", "b/b_000.png", "c/c_001.p
 LABELS = ["a", "b", "c"]
 LINES = st.one_of(
     KNOWN,
-    st.sampled_from(["", "# comment", "../outside.png", "/etc/passwd", "a", "a/", ".", "..", "a/missing.png",
-                     "a/a_000.png a", "a/a_000.png 2", "a/a_000.png 99", "a/a_000.png \u00b2", "a/a_000.png \u0661",
-                     "a/a_000.png " + "9" * 5000, "a\x00b", "a/a_000.png\x00", "c/c_001.png b extra"]),
+    st.sampled_from(
+        [
+            "",
+            "# comment",
+            "../outside.png",
+            "/etc/passwd",
+            "a",
+            "a/",
+            ".",
+            "..",
+            "a/missing.png",
+            "a/a_000.png a",
+            "a/a_000.png 2",
+            "a/a_000.png 99",
+            "a/a_000.png \u00b2",
+            "a/a_000.png \u0661",
+            "a/a_000.png " + "9" * 5000,
+            "a\x00b",
+            "a/a_000.png\x00",
+            "c/c_001.png b extra",
+        ]
+    ),
     st.builds(lambda p, label: f"{p} {label}", KNOWN, st.one_of(st.sampled_from(LABELS), st.text(max_size=12))),
-    st.builds(lambda h, p: f"{h}  {p}", st.text("0123456789abcdefABCDEF", min_size=63, max_size=65), st.one_of(KNOWN, st.text(max_size=20))),
+    st.builds(
+        lambda h, p: f"{h}  {p}",
+        st.text("0123456789abcdefABCDEF", min_size=63, max_size=65),
+        st.one_of(KNOWN, st.text(max_size=20)),
+    ),
     st.builds("/".join, st.lists(st.sampled_from(["..", ".", "a", "b", "", "~", "x" * 300, "a_000.png", "\u00e9"]), max_size=8)),
     st.builds(lambda n: "x" * n, st.integers(200, 5000)),
     st.text(max_size=40),
@@ -121,7 +166,9 @@ LINES = st.one_of(
 
 LISTS = st.one_of(
     st.lists(st.one_of(KNOWN, st.sampled_from(["", "# comment", "  a/a_001.png  "])), min_size=1, max_size=8),  # mostly fine
-    st.lists(st.builds(lambda p, label: f"{p} {label}", KNOWN, st.sampled_from(LABELS + ["0", "2", "3"])), min_size=1, max_size=8),
+    st.lists(
+        st.builds(lambda p, label: f"{p} {label}", KNOWN, st.sampled_from(LABELS + ["0", "2", "3"])), min_size=1, max_size=8
+    ),
     st.lists(LINES, max_size=8),
     st.binary(max_size=200),
 )
@@ -171,12 +218,17 @@ def test_labelled_lists_give_labelled_images_or_bad_input(list_root, lines):
 
 _CHARS = st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",))
 SCALARS = st.one_of(
-    st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0, 1, -1, 0.5, 3.5, 1e300, 2**31, "int8", "uint8", "litert", "tflite", "fp32", "int8", "../x", ""]),
     st.text(_CHARS, max_size=12),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(_CHARS, max_size=8), inner, max_size=3),
-                      max_leaves=8)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(_CHARS, max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 _KEYS = sorted({f.name for cls in (TargetProfile, QuantSpec, VerifySpec, GateSpec) for f in dataclasses.fields(cls)})
 KEYS = st.one_of(st.sampled_from(_KEYS), st.text(_CHARS, max_size=8))
 _SECTIONS = {"quantization": QuantSpec, "verify": VerifySpec, "gates": GateSpec}
@@ -249,8 +301,14 @@ def test_profile_files_give_a_valid_profile_or_bad_input(tmp_path_factory, data)
 @FAST
 @example([1, 2])
 @example({"name": "x", "backend": "litert", "format": "tflite", "precision": "fp32", "threads": 10**30})
-@given(st.one_of(mutated_profiles(), st.dictionaries(KEYS, VALUES, max_size=6), VALUES,
-                 st.builds(lambda d, n: {**d, "calibration_size": n}, mutated_profiles(), st.integers(2**62, 2**80))))
+@given(
+    st.one_of(
+        mutated_profiles(),
+        st.dictionaries(KEYS, VALUES, max_size=6),
+        VALUES,
+        st.builds(lambda d, n: {**d, "calibration_size": n}, mutated_profiles(), st.integers(2**62, 2**80)),
+    )
+)
 def test_manifest_profile_records_give_a_valid_profile_or_bad_input(data):
     try:
         p = profile_from_dict(data, "manifest.json")

@@ -28,29 +28,64 @@ DELETE = object()  # a substitution that removes the field
 def a_row(name: str, *, keras: bool = False, top1: float = 0.9) -> dict:
     drop = 0.0 if keras else -0.5
     row = {
-        "name": name, "path": f"/nonexistent/{name}", "target": None if keras else "x86-openvino-int8",
-        "backend": "keras" if keras else "openvino", "format": "keras" if keras else "openvino-ir",
-        "precision": "fp32" if keras else "int8", "hardware": "any", "size_bytes": 2_000_000, "threads": 2,
-        "images": 30, "top1": top1, "top5": 1.0, "drop_pp": drop, "top5_drop_pp": 0.0, "ratio": 0.995,
-        "meets_mlperf_99": True, "agreement": 1.0 if keras else 0.99, "flipped": 0 if keras else 1,
+        "name": name,
+        "path": f"/nonexistent/{name}",
+        "target": None if keras else "x86-openvino-int8",
+        "backend": "keras" if keras else "openvino",
+        "format": "keras" if keras else "openvino-ir",
+        "precision": "fp32" if keras else "int8",
+        "hardware": "any",
+        "size_bytes": 2_000_000,
+        "threads": 2,
+        "images": 30,
+        "top1": top1,
+        "top5": 1.0,
+        "drop_pp": drop,
+        "top5_drop_pp": 0.0,
+        "ratio": 0.995,
+        "meets_mlperf_99": True,
+        "agreement": 1.0 if keras else 0.99,
+        "flipped": 0 if keras else 1,
         "flips_per_class": {} if keras else {"a": [{"image": "a/a_000.png", "keras": "a", "artifact": "b"}]},
         "per_class": {c: {"images": 10, "top1": top1, "top5": 1.0, "drop_pp": drop} for c in LABELS},
-        "latency": {"runs": 3, "warmup": 1, "threads": 2, "p50_ms": 1.5, "p90_ms": 2.0, "p99_ms": 2.1, "mean_ms": 1.6,
-                    "std_ms": 0.1, "min_ms": 1.4, "max_ms": 2.1, "load_ms": 30.0, "first_inference_ms": 5.0,
-                    "samples_ms": [1.4, 1.5, 2.1]},
+        "latency": {
+            "runs": 3,
+            "warmup": 1,
+            "threads": 2,
+            "p50_ms": 1.5,
+            "p90_ms": 2.0,
+            "p99_ms": 2.1,
+            "mean_ms": 1.6,
+            "std_ms": 0.1,
+            "min_ms": 1.4,
+            "max_ms": 2.1,
+            "load_ms": 30.0,
+            "first_inference_ms": 5.0,
+            "samples_ms": [1.4, 1.5, 2.1],
+        },
         "cpu_warning": None,
     }
     if not keras:
-        row.update(manifest_sha256="f" * 64, float_layers=["block4_sepconv1"], float_mac_share=0.05, max_drop_pp=None,
-                   seconds=1.2)
+        row.update(
+            manifest_sha256="f" * 64, float_layers=["block4_sepconv1"], float_mac_share=0.05, max_drop_pp=None, seconds=1.2
+        )
     return row
 
 
 def keras_result() -> dict:
-    return {"key": KEY, "row": a_row(KERAS, keras=True, top1=0.9 + 1 / 300), "predictions": {"a/a_000.png": "a"},
-            "model_sha256": "e" * 64, "model": {"kind": "keras", "input": [71, 71, 3], "num_classes": 3},
-            "data": {"images": 30, "decoded": 29, "undecodable": [{"image": "c/x.png", "label": "c", "error": "broken"}],
-                     "per_class_images": {c: 10 for c in LABELS}}}
+    return {
+        "key": KEY,
+        "row": a_row(KERAS, keras=True, top1=0.9 + 1 / 300),
+        "predictions": {"a/a_000.png": "a"},
+        "model_sha256": "e" * 64,
+        "model": {"kind": "keras", "input": [71, 71, 3], "num_classes": 3},
+        "data": {
+            "images": 30,
+            "decoded": 29,
+            "undecodable": [{"image": "c/x.png", "label": "c", "error": "broken"}],
+            "per_class_images": {c: 10 for c in LABELS},
+        },
+    }
 
 
 def artifact_result(name: str = "ov-int8") -> dict:
@@ -60,15 +95,28 @@ def artifact_result(name: str = "ov-int8") -> dict:
 def full_report() -> dict:
     keras = keras_result()
     return {
-        "schema": "xception-edge/report", "schema_version": 1, "created": "2025-01-01T00:00:00+00:00", "xception_edge": "0.1.0",
-        "host": {"machine": "x86_64", "system": "Linux", "cpu": "AMD EPYC", "cpu_count": 2, "int8_flags": ["avx2"], "python": "3.11"},
+        "schema": "xception-edge/report",
+        "schema_version": 1,
+        "created": "2025-01-01T00:00:00+00:00",
+        "xception_edge": "0.1.0",
+        "host": {
+            "machine": "x86_64",
+            "system": "Linux",
+            "cpu": "AMD EPYC",
+            "cpu_count": 2,
+            "int8_flags": ["avx2"],
+            "python": "3.11",
+        },
         "settings": {"runs": 3, "warmup": 1, "decode_threads": 2, "batch": 32, "mlperf_ratio": 0.99},
         "model": {"spec": "small.keras", "sha256": "e" * 64, **keras["model"]},
-        "preprocessing": {"height": 71, "width": 71}, "labels": LABELS,
+        "preprocessing": {"height": 71, "width": 71},
+        "labels": LABELS,
         "data": {**keras["data"], "source": "val", "root": "val", "form": "folders", "sha256": "d" * 64},
         "reference": {**keras["row"], "reused": False},
-        "artifacts": [{**a_row("ov-int8-a"), "same_source_model": True, "reused": False},
-                      {**a_row("ov-int8-b"), "same_source_model": True, "reused": False}],
+        "artifacts": [
+            {**a_row("ov-int8-a"), "same_source_model": True, "reused": False},
+            {**a_row("ov-int8-b"), "same_source_model": True, "reused": False},
+        ],
         "timing": {"total_seconds": 3.0},
     }
 
@@ -132,10 +180,34 @@ def test_the_valid_report_passes_with_both_artifacts_gated(tmp_path):
 
 
 # Where `gate` reads: drawn as often as the rest of the report together.
-_READ = [("artifacts",), ("reference",), ("host",), ("host", "cpu"), ("model",), ("schema_version",), ("reference", "top1"),
-         *[("artifacts", i) for i in (0, 1)],
-         *[("artifacts", i, k) for i in (0, 1) for k in ("name", "path", "target", "images", "top1", "drop_pp", "ratio",
-                                                        "agreement", "size_bytes", "latency", "same_source_model", "precision")]]
+_READ = [
+    ("artifacts",),
+    ("reference",),
+    ("host",),
+    ("host", "cpu"),
+    ("model",),
+    ("schema_version",),
+    ("reference", "top1"),
+    *[("artifacts", i) for i in (0, 1)],
+    *[
+        ("artifacts", i, k)
+        for i in (0, 1)
+        for k in (
+            "name",
+            "path",
+            "target",
+            "images",
+            "top1",
+            "drop_pp",
+            "ratio",
+            "agreement",
+            "size_bytes",
+            "latency",
+            "same_source_model",
+            "precision",
+        )
+    ],
+]
 
 
 @CLI
@@ -150,9 +222,16 @@ def test_any_value_anywhere_in_a_report_is_bad_input_or_a_verdict(tmp_path, data
     assert_clean(r, p)
 
 
-GATED = [("reference", "top1"), ("artifacts", 0, "top1"), ("artifacts", 1, "top1"), ("artifacts", 0, "agreement"),
-         ("artifacts", 1, "ratio"), ("artifacts", 0, "drop_pp"), ("artifacts", 1, "images"),
-         ("artifacts", 0, "same_source_model")]
+GATED = [
+    ("reference", "top1"),
+    ("artifacts", 0, "top1"),
+    ("artifacts", 1, "top1"),
+    ("artifacts", 0, "agreement"),
+    ("artifacts", 1, "ratio"),
+    ("artifacts", 0, "drop_pp"),
+    ("artifacts", 1, "images"),
+    ("artifacts", 0, "same_source_model"),
+]
 
 
 def is_number(v) -> bool:
@@ -175,13 +254,14 @@ def test_a_gated_value_that_is_not_a_number_never_passes(tmp_path, at, value):
 # ------------------------------------------------------------------ the gates TOML file
 _KEYS = ["max_top1_drop_pp", "min_top1_ratio", "min_agreement", "max_size_mb", "max_p50_latency_ms", "latency_host", "ungated"]
 _TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="\x7f"), max_size=8)
-NUMBER = (st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 1)
-          | st.floats(0, 5))
+NUMBER = st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 1) | st.floats(0, 5)
 TOML_SCALAR = NUMBER | st.booleans() | _TEXT
 TOML_VALUE = TOML_SCALAR | st.lists(st.integers(0, 9), max_size=3)
-TABLE = (st.dictionaries(st.sampled_from(_KEYS[:5]), NUMBER, max_size=3)  # numeric limits only
-         | st.dictionaries(st.sampled_from(_KEYS), TOML_VALUE, max_size=4)
-         | st.dictionaries(st.sampled_from(_KEYS) | _TEXT, TOML_VALUE, max_size=4))
+TABLE = (
+    st.dictionaries(st.sampled_from(_KEYS[:5]), NUMBER, max_size=3)  # numeric limits only
+    | st.dictionaries(st.sampled_from(_KEYS), TOML_VALUE, max_size=4)
+    | st.dictionaries(st.sampled_from(_KEYS) | _TEXT, TOML_VALUE, max_size=4)
+)
 NAMES = st.sampled_from(["x86-openvino-int8", "ov-int8-a", "ov-int8-b", "arm64-litert-int8"]) | _TEXT
 GATES_FILES = st.dictionaries(NAMES, TABLE, max_size=3) | st.dictionaries(NAMES, TABLE | TOML_SCALAR, max_size=3)
 
@@ -213,32 +293,63 @@ def test_any_gates_file_is_bad_input_or_a_verdict(tmp_path, data):
     gates.write_text(toml_text(data), encoding="utf-8")
     r = run("gate", report, "--gates", gates)
     assert_clean(r, gates)
-    out_of_range = [(n, k) for n, t in data.items() if isinstance(t, dict) for k, v in t.items()
-                    if k in ("min_top1_ratio", "min_agreement") and isinstance(v, (int, float)) and not is_fraction(v)]
+    out_of_range = [
+        (n, k)
+        for n, t in data.items()
+        if isinstance(t, dict)
+        for k, v in t.items()
+        if k in ("min_top1_ratio", "min_agreement") and isinstance(v, (int, float)) and not is_fraction(v)
+    ]
     if out_of_range:
         assert r.exit_code == 2, (out_of_range, r.output)
 
 
 # ------------------------------------------------------------------ the --resume results
-@pytest.mark.parametrize("kind,content,why", [
-    ("artifact", "[]", "must be a JSON object"),
-    ("artifact", '"row"', "must be a JSON object"),
-    ("artifact", json.dumps({"key": KEY}), "row must be an object"),
-    ("artifact", json.dumps({"key": KEY, "row": []}), "row must be an object"),
-    ("artifact", json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "latency": None}}), "row.latency must be an object"),
-    ("artifact", json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "top1": float("nan")}}), "row.top1 must be a finite number"),
-    ("artifact", json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "per_class": {"a": 0.9}}}), "row.per_class['a'] must be an object"),
-    ("artifact", json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "per_class": {"zebra": a_row("x")["per_class"]["a"]}}}),
-     "not among the artifacts' labels"),
-    ("artifact", json.dumps({"key": KEY, "row": a_row("another-folder")}), "its row is for 'another-folder'"),
-    ("artifact", json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "flips_per_class": {"a": [None]}}}), "row.flips['a'][0] must be an object"),
-    ("artifact", json.dumps({"row": a_row("ov-int8")}), "it has no key"),
-    ("keras", json.dumps({k: v for k, v in keras_result().items() if k != "predictions"}), "result.predictions must be an object"),
-    ("keras", json.dumps({**keras_result(), "predictions": ["a"]}), "result.predictions must be an object"),
-    ("keras", json.dumps({**keras_result(), "data": None}), "result.data must be an object"),
-    ("keras", json.dumps({**keras_result(), "model": {"kind": "keras", "sha256": "0" * 64}}), "model holds other fields"),
-    ("keras", json.dumps({**keras_result(), "data": {**keras_result()["data"], "undecodable": [1]}}), "data.undecodable[0] must be an object"),
-])
+@pytest.mark.parametrize(
+    "kind,content,why",
+    [
+        ("artifact", "[]", "must be a JSON object"),
+        ("artifact", '"row"', "must be a JSON object"),
+        ("artifact", json.dumps({"key": KEY}), "row must be an object"),
+        ("artifact", json.dumps({"key": KEY, "row": []}), "row must be an object"),
+        ("artifact", json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "latency": None}}), "row.latency must be an object"),
+        (
+            "artifact",
+            json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "top1": float("nan")}}),
+            "row.top1 must be a finite number",
+        ),
+        (
+            "artifact",
+            json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "per_class": {"a": 0.9}}}),
+            "row.per_class['a'] must be an object",
+        ),
+        (
+            "artifact",
+            json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "per_class": {"zebra": a_row("x")["per_class"]["a"]}}}),
+            "not among the artifacts' labels",
+        ),
+        ("artifact", json.dumps({"key": KEY, "row": a_row("another-folder")}), "its row is for 'another-folder'"),
+        (
+            "artifact",
+            json.dumps({"key": KEY, "row": {**a_row("ov-int8"), "flips_per_class": {"a": [None]}}}),
+            "row.flips['a'][0] must be an object",
+        ),
+        ("artifact", json.dumps({"row": a_row("ov-int8")}), "it has no key"),
+        (
+            "keras",
+            json.dumps({k: v for k, v in keras_result().items() if k != "predictions"}),
+            "result.predictions must be an object",
+        ),
+        ("keras", json.dumps({**keras_result(), "predictions": ["a"]}), "result.predictions must be an object"),
+        ("keras", json.dumps({**keras_result(), "data": None}), "result.data must be an object"),
+        ("keras", json.dumps({**keras_result(), "model": {"kind": "keras", "sha256": "0" * 64}}), "model holds other fields"),
+        (
+            "keras",
+            json.dumps({**keras_result(), "data": {**keras_result()["data"], "undecodable": [1]}}),
+            "data.undecodable[0] must be an object",
+        ),
+    ],
+)
 def test_a_malformed_resume_result_is_computed_again(tmp_path, capsys, kind, content, why):
     name = KERAS if kind == "keras" else "ov-int8"
     store = ResultStore(tmp_path, resume=True, **({"labels": LABELS} if "labels" in why else {}))
@@ -268,11 +379,18 @@ def _render(result: dict, keras: bool) -> None:
     report = full_report()
     if keras:
         ref, preds = result["row"], result["predictions"]
-        acc = {"images": 30, "top1": 0.8, "top5": 1.0,
-               "per_class": {c: {"images": 10, "top1": 0.8, "top5": 1.0} for c in result["data"]["per_class_images"]}}
+        acc = {
+            "images": 30,
+            "top1": 0.8,
+            "top5": 1.0,
+            "per_class": {c: {"images": 10, "top1": 0.8, "top5": 1.0} for c in result["data"]["per_class_images"]},
+        }
         label_of = {k: "a" for k in preds}
-        report["artifacts"][0] = {**_compare(a_row("ov-int8-a"), acc, dict(preds), ref, preds, label_of),
-                                  "same_source_model": True, "reused": False}
+        report["artifacts"][0] = {
+            **_compare(a_row("ov-int8-a"), acc, dict(preds), ref, preds, label_of),
+            "same_source_model": True,
+            "reused": False,
+        }
         report["reference"] = {**ref, "reused": True}
         report["data"] = {**result["data"], "source": "val", "root": "val", "form": "folders", "sha256": "d" * 64}
     else:

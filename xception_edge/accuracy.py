@@ -13,8 +13,9 @@ def topk_hits(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=-1)
 
 
-def accuracy_report(probs: np.ndarray, labels: np.ndarray, class_names: list[str], *, undecodable: int = 0,
-                    undecodable_labels=None) -> dict:
+def accuracy_report(
+    probs: np.ndarray, labels: np.ndarray, class_names: list[str], *, undecodable: int = 0, undecodable_labels=None
+) -> dict:
     """Top-1/top-5 overall and per class. Undecodable images stay in the denominator as misses;
     given their labels (``undecodable_labels``), in their class's denominator too."""
     missed = np.asarray(undecodable_labels if undecodable_labels is not None else [], dtype=np.int64)

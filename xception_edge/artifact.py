@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from . import console, interrupts
 from .calibration import sha256_file
@@ -131,8 +131,10 @@ def output_lock(folder: Path, option: str) -> Iterator[Path]:
         except OSError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise BadInput(f"{option} {folder} is in use by another xception-edge run (pid {holder}); wait for it to "
-                           f"finish or choose another {option}") from None
+            raise BadInput(
+                f"{option} {folder} is in use by another xception-edge run (pid {holder}); wait for it to "
+                f"finish or choose another {option}"
+            ) from None
         try:  # the file may have been unlinked by the previous holder between our open and flock
             same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
         except FileNotFoundError:
@@ -170,8 +172,10 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             with contextlib.suppress(OSError):
                 p.unlink()
     if stale:
-        console.info(f"removed {len(stale)} temporary file(s) left by an interrupted run in {folder}: "
-                     f"{', '.join(p.name for p in stale[:3])}{' …' if len(stale) > 3 else ''}")
+        console.info(
+            f"removed {len(stale)} temporary file(s) left by an interrupted run in {folder}: "
+            f"{', '.join(p.name for p in stale[:3])}{' …' if len(stale) > 3 else ''}"
+        )
     return stale
 
 
@@ -241,9 +245,14 @@ def read_manifest(folder: str | Path) -> dict:
         if sha256_file(fp) != entry["sha256"]:
             raise BadInput(f"{fp} does not match its sha256 in {path}; the file is corrupt or was changed")
     listed = set(manifest["files"]) | {MANIFEST}
-    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() not in listed)
+    extra = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() not in listed
+    )
     if extra:
-        raise BadInput(f"{folder} holds file(s) its manifest does not list: {', '.join(extra[:3])}; remove them or "
-                       "copy the artifact folder again")
+        raise BadInput(
+            f"{folder} holds file(s) its manifest does not list: {', '.join(extra[:3])}; remove them or "
+            "copy the artifact folder again"
+        )
     return manifest

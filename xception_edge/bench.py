@@ -33,21 +33,34 @@ def cpu_mismatch(manifest: dict) -> str | None:
     hw = (manifest.get("hardware") or "any").lower()
     machine = platform.machine().lower()
     if hw.startswith(("arm", "aarch")) and machine not in _ARM:
-        return f"target {manifest['target']} is made for {hw} CPUs but this is {machine}: latency here says little about the device"
+        return (
+            f"target {manifest['target']} is made for {hw} CPUs but this is {machine}: latency here says little about the device"
+        )
     if hw.startswith("x86") and machine not in _X86:
-        return f"target {manifest['target']} is made for x86 CPUs but this is {machine}: latency here says little about the device"
+        return (
+            f"target {manifest['target']} is made for x86 CPUs but this is {machine}: latency here says little about the device"
+        )
     if manifest.get("precision") == "int8":
         built = set((manifest.get("host") or {}).get("int8_flags", []))
         here = set(cpu_flags())
         vnni = {"avx512_vnni", "avx_vnni", "amx_int8"}
         if hw.startswith("x86") and (built & vnni) != (here & vnni):
-            return (f"int8 artifact converted on a CPU with {sorted(built & vnni) or 'no VNNI'}, running on one with "
-                    f"{sorted(here & vnni) or 'no VNNI'}: int8 speed and saturation behaviour differ")
+            return (
+                f"int8 artifact converted on a CPU with {sorted(built & vnni) or 'no VNNI'}, running on one with "
+                f"{sorted(here & vnni) or 'no VNNI'}: int8 speed and saturation behaviour differ"
+            )
     return None
 
 
-def run_bench(folder: Path, *, runs: int = 50, warmup: int = 5, threads: int | None = None, data: Path | None = None,
-              reference: Path | None = None) -> dict:
+def run_bench(
+    folder: Path,
+    *,
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int | None = None,
+    data: Path | None = None,
+    reference: Path | None = None,
+) -> dict:
     if runs < 1:
         raise BadInput(f"--runs {runs} must be at least 1")
     if warmup < 0:
@@ -76,8 +89,13 @@ def run_bench(folder: Path, *, runs: int = 50, warmup: int = 5, threads: int | N
     result = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "artifact": {"path": str(Path(folder).resolve()), "target": manifest["target"], "backend": manifest["backend"],
-                     "precision": manifest["precision"], "size_bytes": model_bytes(manifest)},
+        "artifact": {
+            "path": str(Path(folder).resolve()),
+            "target": manifest["target"],
+            "backend": manifest["backend"],
+            "precision": manifest["precision"],
+            "size_bytes": model_bytes(manifest),
+        },
         "host": host(),
         "cpu_warning": warning,
         "kernels": rt.note,
@@ -155,16 +173,29 @@ def print_bench(result: dict) -> None:
     t = Table(title=f"{a['target']} ({a['backend']} {a['precision']}, {a['size_bytes'] / 1e6:.2f} MB)")
     for col in ("p50", "p90", "p99", "mean ± std", "min", "max", "load", "first", "peak RSS"):
         t.add_column(col, justify="right")
-    t.add_row(f"{lat['p50_ms']:.2f} ms", f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}",
-              f"{lat['mean_ms']:.2f} ± {lat['std_ms']:.2f}", f"{lat['min_ms']:.2f}", f"{lat['max_ms']:.2f}",
-              f"{lat['load_ms']:.0f} ms", f"{lat['first_inference_ms']:.1f} ms", f"{result['peak_rss_mb']:.0f} MB")
+    t.add_row(
+        f"{lat['p50_ms']:.2f} ms",
+        f"{lat['p90_ms']:.2f}",
+        f"{lat['p99_ms']:.2f}",
+        f"{lat['mean_ms']:.2f} ± {lat['std_ms']:.2f}",
+        f"{lat['min_ms']:.2f}",
+        f"{lat['max_ms']:.2f}",
+        f"{lat['load_ms']:.0f} ms",
+        f"{lat['first_inference_ms']:.1f} ms",
+        f"{result['peak_rss_mb']:.0f} MB",
+    )
     con = Console(width=None if Console().is_terminal else 160)
     con.print(t)
-    con.print(f"{lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} thread(s), on {result['host']['cpu']}", highlight=False)
+    con.print(
+        f"{lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} thread(s), on {result['host']['cpu']}",
+        highlight=False,
+    )
     if "accuracy" in result:
         acc = result["accuracy"]
         skipped = f" ({acc['undecodable']} undecodable, counted as misses)" if acc["undecodable"] else ""
         con.print(f"top-1 {acc['top1']:.2%}  top-5 {acc['top5']:.2%}  on {acc['images']} images{skipped}", highlight=False)
     if "reference" in result:
         r = result["reference"]
-        con.print(f"agreement with reference {r['agreement']:.2%} on {r['images']} images; {len(r['flipped'])} flipped", highlight=False)
+        con.print(
+            f"agreement with reference {r['agreement']:.2%} on {r['images']} images; {len(r['flipped'])} flipped", highlight=False
+        )

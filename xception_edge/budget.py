@@ -25,7 +25,7 @@ from .calibration import sha256_file
 from .errors import BadInput, ConversionFailed
 from .inspection.layers import float_mac_share, layer_parts
 from .preprocess import PreprocessSpec, load_images
-from .types import Precision, TargetProfile
+from .profiles import Precision, TargetProfile
 
 MEASURE_IMAGES = 32  # calibration images the per-layer ranking is measured on
 
@@ -68,8 +68,10 @@ def check_overlap(validation: Validation, calib, *, strict: bool) -> None:
     shared = [f for f, h in zip(validation.files, validation.sha256) if h in calib_hashes]
     if not shared:
         return
-    msg = (f"{len(shared)} of {len(validation.files)} --validation images are also calibration images (same sha256), "
-           f"e.g. {shared[0]}; the measured drop will look better than on unseen images: use held-out images")
+    msg = (
+        f"{len(shared)} of {len(validation.files)} --validation images are also calibration images (same sha256), "
+        f"e.g. {shared[0]}; the measured drop will look better than on unseen images: use held-out images"
+    )
     if strict:
         raise BadInput(msg + " (--strict makes this an error)")
     console.warn(msg)
@@ -79,8 +81,10 @@ def check_resolution(validation: Validation, max_drop: float) -> None:
     """A budget of fewer than 3 validation images measures noise: re-conversions move top-1 by an image or two."""
     step = 100.0 / len(validation.files)
     if max_drop < 3 * step:
-        console.warn(f"--max-drop {max_drop:g} pp is under 3 images' worth of the {len(validation.files)} --validation images "
-                     f"(one image = {step:.2f} pp): drops that small are noise; use more validation images or a larger budget")
+        console.warn(
+            f"--max-drop {max_drop:g} pp is under 3 images' worth of the {len(validation.files)} --validation images "
+            f"(one image = {step:.2f} pp): drops that small are noise; use more validation images or a larger budget"
+        )
 
 
 def drop_pp(validation: Validation, runtime) -> float:
@@ -95,8 +99,9 @@ def _sizes(n: int) -> list[int]:
     return out + [n] if n else []
 
 
-def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Validation, src, calib, build, stage: Path,
-                       workdir: Path) -> tuple[dict, object, dict]:
+def keep_within_budget(
+    profile: TargetProfile, max_drop: float, validation: Validation, src, calib, build, stage: Path, workdir: Path
+) -> tuple[dict, object, dict]:
     """``build(profile, **converter_options) -> (manifest, runtime, verify_result)`` converts into
     ``stage``; returns the (manifest, verify_result, budget record) of the first conversion within
     budget, or raises ConversionFailed with the best drop reached."""
@@ -108,21 +113,43 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
     limit = profile.quantization.max_float_mac_share
     manifest, runtime, result = build(profile)
     drop = drop_pp(validation, runtime)
-    attempts = [{"float_layers": list(base_scope), "float_mac_share": round(float_mac_share(parts, base_scope), 6),
-                 "drop_pp": round(drop, 3)}]
-    console.info(f"[{profile.name}] accuracy budget: top-1 drop {drop:.2f} pp on {len(validation.files)} validation images "
-                 f"(budget {max_drop:g} pp)")
-    record = {"method": "layers ranked by inspect, kept in float by the backend", "max_drop_pp": max_drop,
-              "validation": validation.origin, "validation_images": len(validation.files),
-              "fp32_top1": round(validation.fp32_top1, 6), "max_float_mac_share": limit}
+    attempts = [
+        {
+            "float_layers": list(base_scope),
+            "float_mac_share": round(float_mac_share(parts, base_scope), 6),
+            "drop_pp": round(drop, 3),
+        }
+    ]
+    console.info(
+        f"[{profile.name}] accuracy budget: top-1 drop {drop:.2f} pp on {len(validation.files)} validation images "
+        f"(budget {max_drop:g} pp)"
+    )
+    record = {
+        "method": "layers ranked by inspect, kept in float by the backend",
+        "max_drop_pp": max_drop,
+        "validation": validation.origin,
+        "validation_images": len(validation.files),
+        "fp32_top1": round(validation.fp32_top1, 6),
+        "max_float_mac_share": limit,
+    }
     if drop <= max_drop:
-        return manifest, result, {**record, "drop_pp": round(drop, 3), "float_layers": list(base_scope),
-                                  "float_mac_share": attempts[0]["float_mac_share"], "attempts": attempts}
+        return (
+            manifest,
+            result,
+            {
+                **record,
+                "drop_pp": round(drop, 3),
+                "float_layers": list(base_scope),
+                "float_mac_share": attempts[0]["float_mac_share"],
+                "attempts": attempts,
+            },
+        )
     if profile.precision is not Precision.INT8:
         raise ConversionFailed(
             f"{profile.name}: top-1 drop {drop:.2f} pp on {validation.origin} is over the budget of {max_drop:g} pp, and a "
             f"{profile.precision.value} artifact has no int8 layers to keep in float; raise --max-drop or choose another "
-            "precision; the artifact was not written")
+            "precision; the artifact was not written"
+        )
 
     ctx = InspectContext(stage, manifest, profile, src, calib, calib.images[:MEASURE_IMAGES], workdir, parts)
     ranked = blame(finish(backend_module(profile.backend).measure(ctx), parts), base_scope)
@@ -149,8 +176,17 @@ def keep_within_budget(profile: TargetProfile, max_drop: float, validation: Vali
         if drop < best[0]:
             best = (drop, list(scope))
         if drop <= max_drop:
-            return manifest, result, {**record, "drop_pp": round(drop, 3), "float_layers": list(scope),
-                                      "float_mac_share": round(share, 6), "attempts": attempts}
+            return (
+                manifest,
+                result,
+                {
+                    **record,
+                    "drop_pp": round(drop, 3),
+                    "float_layers": list(scope),
+                    "float_mac_share": round(share, 6),
+                    "attempts": attempts,
+                },
+            )
     tried = f"{len(attempts) - 1} re-conversion(s)" if len(attempts) > 1 else "no re-conversion (no layer fits the MAC limit)"
     raise ConversionFailed(
         f"{profile.name}: top-1 drop stays above the budget of {max_drop:g} pp on {validation.origin}: best {best[0]:.2f} pp "
@@ -164,5 +200,3 @@ def clear_stage(stage: Path) -> None:
     """Remove the previous attempt's files from the staging folder."""
     for child in stage.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-

@@ -198,12 +198,11 @@ class CalibrationSet:
     images: np.ndarray  # (N, H, W, 3) float32, preprocessed
     spec: PreprocessSpec
     skipped: list[str]
-    held_back: list[Path]  # the rest of the sampled order, for verification
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def take(self, n: int) -> "CalibrationSet":
+    def take(self, n: int) -> CalibrationSet:
         """The first n images of the deterministic sample (a smaller calibration size)."""
         n = min(n, len(self.files))
         return dataclasses.replace(self, files=self.files[:n], sha256=self.sha256[:n], images=self.images[:n])
@@ -237,15 +236,17 @@ def _listed_sha256(path: Path, want: str, origin: str) -> str:
     try:
         digest = sha256_file(path)
     except OSError as exc:
-        raise BadInput(f"{path}, listed in {origin}, cannot be read ({exc.strerror or exc}); restore it or write a new list") from None
+        raise BadInput(
+            f"{path}, listed in {origin}, cannot be read ({exc.strerror or exc}); restore it or write a new list"
+        ) from None
     if digest != want:
-        raise BadInput(f"{path}: sha256 {digest[:12]}… differs from {want[:12]}… in {origin}; the file changed since the list was written")
+        raise BadInput(
+            f"{path}: sha256 {digest[:12]}… differs from {want[:12]}… in {origin}; the file changed since the list was written"
+        )
     return digest
 
 
-def build_calibration(
-    source: ImageSource, spec: PreprocessSpec, num: int, seed: int, *, extra_held_back: int = 0
-) -> CalibrationSet:
+def build_calibration(source: ImageSource, spec: PreprocessSpec, num: int, seed: int) -> CalibrationSet:
     """Sample ``num`` images, decode and preprocess them once; undecodable ones are skipped,
     listed in a warning, and replaced by the next images of the deterministic order. An image
     listed with its sha256 (calibration.txt) must still have it, checked before decoding, and
@@ -266,8 +267,10 @@ def build_calibration(
                 arrays.append(load_image(path, spec))
             except UndecodableImage as exc:
                 if want:  # it decoded when the list was written
-                    raise BadInput(f"{path}, listed with its sha256 in {source.origin}, no longer decodes ({exc}); "
-                                   "restore the image or write a new list") from None
+                    raise BadInput(
+                        f"{path}, listed with its sha256 in {source.origin}, no longer decodes ({exc}); "
+                        "restore the image or write a new list"
+                    ) from None
                 skipped.append(str(exc))
                 continue
             digest = digest or sha256_file(path)
@@ -286,9 +289,8 @@ def build_calibration(
         warn(f"{source.origin} has only {len(files)} decodable images; calibrating on {len(files)}, not {num}")
     if len(files) < WARN_BELOW:
         warn(f"calibrating on {len(files)} images; {WARN_BELOW} or more are recommended for stable int8 ranges")
-    held_back = [source.files[i] for i in order[pos : pos + max(extra_held_back, 0)]]
     images = np.stack(arrays) if arrays else np.empty((0, spec.height, spec.width, 3), np.float32)
-    return CalibrationSet(source, seed, files, hashes, images, spec, skipped, held_back)
+    return CalibrationSet(source, seed, files, hashes, images, spec, skipped)
 
 
 def write_list(source: ImageSource, num: int, seed: int, out: Path) -> int:

@@ -56,46 +56,138 @@ def _emit_json(data, path: str | None) -> None:
 
 # ---------------------------------------------------------------- convert
 @cli.command()
-@click.option("--model", "model", required=True, metavar="M",
-              help="A .keras or .h5 file, a SavedModel folder, or keras:xception (stock architecture).")
-@click.option("--target", "targets", multiple=True, required=True, metavar="T",
-              help="Built-in target name, a path to a .toml profile, or 'all'. Repeatable.")
-@click.option("--calibration", type=click.Path(path_type=Path), metavar="DIR|LIST",
-              help="Calibration images: a folder (class sub-folders optional) or a list file of relative paths.")
-@click.option("--calibration-root", type=click.Path(path_type=Path), metavar="DIR",
-              help="Folder a list file's paths are relative to (default: the list file's folder).")
-@click.option("--num-calibration", type=int, default=None, metavar="N",
-              help="Calibration images to sample (default: the target profile's calibration_size, 300).")
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    metavar="M",
+    help="A .keras or .h5 file, a SavedModel folder, or keras:xception (stock architecture).",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    required=True,
+    metavar="T",
+    help="Built-in target name, a path to a .toml profile, or 'all'. Repeatable.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    metavar="DIR|LIST",
+    help="Calibration images: a folder (class sub-folders optional) or a list file of relative paths.",
+)
+@click.option(
+    "--calibration-root",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Folder a list file's paths are relative to (default: the list file's folder).",
+)
+@click.option(
+    "--num-calibration",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Calibration images to sample (default: the target profile's calibration_size, 300).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the deterministic sampling.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True,
-              help="Output folder; each target is written to OUT/<target>/.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("artifacts"),
+    show_default=True,
+    help="Output folder; each target is written to OUT/<target>/.",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing artifacts.")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Check each artifact against the source model before writing it.")
-@click.option("--verify-data", type=click.Path(path_type=Path), metavar="DIR",
-              help="Held-out images for verification (default: calibration images not used for calibration).")
-@click.option("--labels", type=click.Path(path_type=Path), metavar="FILE",
-              help="Class names, one per line (default: the calibration folder's class sub-folders, sorted).")
-@click.option("--unsafe-model", is_flag=True, help="Load .keras files with Keras safe mode off (Lambda layers). Trust the file first.")
-@click.option("--weights", type=click.Choice(["imagenet", "none"]), default="imagenet", show_default=True,
-              help="keras:xception only: ImageNet weights (needs the internet) or random.")
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check each artifact against the source model before writing it.",
+)
+@click.option(
+    "--verify-data",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Held-out images for verification (default: calibration images not used for calibration).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Class names, one per line (default: the calibration folder's class sub-folders, sorted).",
+)
+@click.option(
+    "--unsafe-model", is_flag=True, help="Load .keras files with Keras safe mode off (Lambda layers). Trust the file first."
+)
+@click.option(
+    "--weights",
+    type=click.Choice(["imagenet", "none"]),
+    default="imagenet",
+    show_default=True,
+    help="keras:xception only: ImageNet weights (needs the internet) or random.",
+)
 @click.option("--input-size", type=int, default=299, show_default=True, help="keras:xception only: input size (≥71).")
 @click.option("--num-classes", type=int, default=1000, show_default=True, help="keras:xception only: classes.")
-@click.option("--resize", type=click.Choice(["resize", "crop"]), default="resize", show_default=True,
-              help="Plain resize (as image_dataset_from_directory) or shorter side + centre crop (ImageNet style).")
+@click.option(
+    "--resize",
+    type=click.Choice(["resize", "crop"]),
+    default="resize",
+    show_default=True,
+    help="Plain resize (as image_dataset_from_directory) or shorter side + centre crop (ImageNet style).",
+)
 @click.option("--crop-fraction", type=float, default=0.875, show_default=True, help="With --resize crop.")
 @click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]), default="bilinear", show_default=True)
-@click.option("--max-drop", type=float, default=None, metavar="PP",
-              help="Accuracy budget: top-1 drop (percentage points) on --validation that an int8 artifact may lose; "
-                   "over it, the most harmful layers are kept in float (up to the profile's max_float_mac_share).")
-@click.option("--validation", type=click.Path(path_type=Path), metavar="DIR|LIST",
-              help="Labelled held-out images for --max-drop (class sub-folders, or a list file of 'path label').")
-@click.option("--strict", is_flag=True, help="Validation images that are also calibration images (same sha256) are an error, not a warning.")
-@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]",
-              help="Write machine-readable results to stdout (--json) or a file (--json=PATH).")
-def convert(model, targets, calibration, calibration_root, num_calibration, seed, out, force, verify, verify_data,
-            labels, unsafe_model, weights, input_size, num_classes, resize, crop_fraction, interpolation, max_drop,
-            validation, strict, json_out):
+@click.option(
+    "--max-drop",
+    type=float,
+    default=None,
+    metavar="PP",
+    help="Accuracy budget: top-1 drop (percentage points) on --validation that an int8 artifact may lose; "
+    "over it, the most harmful layers are kept in float (up to the profile's max_float_mac_share).",
+)
+@click.option(
+    "--validation",
+    type=click.Path(path_type=Path),
+    metavar="DIR|LIST",
+    help="Labelled held-out images for --max-drop (class sub-folders, or a list file of 'path label').",
+)
+@click.option(
+    "--strict", is_flag=True, help="Validation images that are also calibration images (same sha256) are an error, not a warning."
+)
+@click.option(
+    "--json",
+    "json_out",
+    is_flag=False,
+    flag_value="-",
+    default=None,
+    metavar="[PATH]",
+    help="Write machine-readable results to stdout (--json) or a file (--json=PATH).",
+)
+def convert(
+    model,
+    targets,
+    calibration,
+    calibration_root,
+    num_calibration,
+    seed,
+    out,
+    force,
+    verify,
+    verify_data,
+    labels,
+    unsafe_model,
+    weights,
+    input_size,
+    num_classes,
+    resize,
+    crop_fraction,
+    interpolation,
+    max_drop,
+    validation,
+    strict,
+    json_out,
+):
     """Convert MODEL to every --target, verify each artifact, and write OUT/<target>/."""
     from .artifact import check_output_file
     from .model_io import KerasXceptionOptions
@@ -103,12 +195,25 @@ def convert(model, targets, calibration, calibration_root, num_calibration, seed
 
     check_output_file(json_out, "--json")
     req = ConvertRequest(
-        model=model, targets=tuple(targets), out=out, calibration=calibration, calibration_root=calibration_root,
-        num_calibration=num_calibration, seed=seed, verify=verify, verify_data=verify_data, labels=labels,
-        force=force, unsafe_model=unsafe_model,
+        model=model,
+        targets=tuple(targets),
+        out=out,
+        calibration=calibration,
+        calibration_root=calibration_root,
+        num_calibration=num_calibration,
+        seed=seed,
+        verify=verify,
+        verify_data=verify_data,
+        labels=labels,
+        force=force,
+        unsafe_model=unsafe_model,
         xception=KerasXceptionOptions(weights=weights, input_size=input_size, num_classes=num_classes),
-        resize=resize, crop_fraction=crop_fraction, interpolation=interpolation,
-        max_drop=max_drop, validation=validation, strict=strict,
+        resize=resize,
+        crop_fraction=crop_fraction,
+        interpolation=interpolation,
+        max_drop=max_drop,
+        validation=validation,
+        strict=strict,
     )
     results = run_convert(req)
     _report_conversions(results, json_out)
@@ -130,10 +235,19 @@ def _report_conversions(results, json_out) -> None:
 # ---------------------------------------------------------------- demo
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-artifacts"), show_default=True)
-@click.option("--cache", type=click.Path(path_type=Path), default=None,
-              help="Where the demo data and model are cached (default: $XCEPTION_EDGE_CACHE or ~/.cache/xception-edge).")
-@click.option("--report", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Where the evaluation reports go: DIR/val/ and DIR/val_hard/ (default: OUT-report).")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the demo data and model are cached (default: $XCEPTION_EDGE_CACHE or ~/.cache/xception-edge).",
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Where the evaluation reports go: DIR/val/ and DIR/val_hard/ (default: OUT-report).",
+)
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 @click.option("--tiny", is_flag=True, hidden=True, help="A small, quick demo variant (for tests).")
 def demo(out, cache, report, json_out, tiny):
@@ -151,10 +265,18 @@ def demo(out, cache, report, json_out, tiny):
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed runs.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first (the first is reported apart).")
 @click.option("--threads", type=int, default=None, help="Runtime threads (default: the target profile's).")
-@click.option("--data", type=click.Path(path_type=Path), metavar="DIR",
-              help="Images (class sub-folders named as in labels.txt give top-1/top-5 per class).")
-@click.option("--reference", type=click.Path(path_type=Path), metavar="PRED.json",
-              help="The --json of an fp32 `bench --data` run: top-1 agreement and flipped images.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Images (class sub-folders named as in labels.txt give top-1/top-5 per class).",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    metavar="PRED.json",
+    help="The --json of an fp32 `bench --data` run: top-1 agreement and flipped images.",
+)
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 def bench(artifact, runs, warmup, threads, data, reference, json_out):
     """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this device."""
@@ -165,8 +287,10 @@ def bench(artifact, runs, warmup, threads, data, reference, json_out):
     if threads is not None and threads < 1:
         raise BadInput(f"--threads {threads} must be at least 1")
     if reference is not None and data is None:
-        raise BadInput(f"--reference {reference} compares predictions on images: add --data DIR (the images the "
-                       "reference was made on), or drop --reference")
+        raise BadInput(
+            f"--reference {reference} compares predictions on images: add --data DIR (the images the "
+            "reference was made on), or drop --reference"
+        )
     check_output_file(json_out, "--json")
     result = run_bench(artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference)
     if json_out:
@@ -177,19 +301,45 @@ def bench(artifact, runs, warmup, threads, data, reference, json_out):
 
 # ---------------------------------------------------------------- evaluate
 @cli.command()
-@click.option("--model", "model", required=True, metavar="M",
-              help="The Keras model the artifacts were converted from (.keras, .h5, SavedModel folder, keras:xception).")
-@click.option("--artifacts", required=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="The --out folder of convert (every sub-folder with a manifest.json), or one artifact folder.")
-@click.option("--data", required=True, type=click.Path(path_type=Path), metavar="DIR|LIST",
-              help="Labelled images: class sub-folders named as in labels.txt, or a list file of 'relative/path label' lines.")
-@click.option("--report", type=click.Path(path_type=Path), default=Path("report"), show_default=True, metavar="OUT",
-              help="Folder for report.json, report.md, report.html and the per-artifact results.")
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    metavar="M",
+    help="The Keras model the artifacts were converted from (.keras, .h5, SavedModel folder, keras:xception).",
+)
+@click.option(
+    "--artifacts",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="The --out folder of convert (every sub-folder with a manifest.json), or one artifact folder.",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR|LIST",
+    help="Labelled images: class sub-folders named as in labels.txt, or a list file of 'relative/path label' lines.",
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=Path("report"),
+    show_default=True,
+    metavar="OUT",
+    help="Folder for report.json, report.md, report.html and the per-artifact results.",
+)
 @click.option("--resume", is_flag=True, help="Reuse the results an earlier (interrupted) run stored in OUT/results/.")
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed latency runs per model.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
-@click.option("--decode-threads", type=int, default=2, show_default=True,
-              help="Background threads decoding images while the models run (0: decode first, then infer).")
+@click.option(
+    "--decode-threads",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Background threads decoding images while the models run (0: decode first, then infer).",
+)
 @click.option("--unsafe-model", is_flag=True, help="Load a .keras file with Keras safe mode off (Lambda layers).")
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, json_out):
@@ -200,9 +350,19 @@ def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_thread
     from .report import print_report
 
     check_output_file(json_out, "--json")
-    result = run_evaluate(EvaluateRequest(model=model, artifacts=artifacts, data=data, report=report, resume=resume,
-                                          runs=runs, warmup=warmup, decode_threads=decode_threads,
-                                          unsafe_model=unsafe_model))
+    result = run_evaluate(
+        EvaluateRequest(
+            model=model,
+            artifacts=artifacts,
+            data=data,
+            report=report,
+            resume=resume,
+            runs=runs,
+            warmup=warmup,
+            decode_threads=decode_threads,
+            unsafe_model=unsafe_model,
+        )
+    )
     if json_out:
         _emit_json(result, json_out)
     if json_out != "-":
@@ -212,10 +372,17 @@ def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_thread
 # ---------------------------------------------------------------- gate
 @cli.command()
 @click.argument("report", type=click.Path(path_type=Path))
-@click.option("--gates", "gates_file", type=click.Path(path_type=Path), metavar="FILE",
-              help="TOML overriding the profiles' [gates] per target or artifact folder: [TARGET] max_top1_drop_pp = 1.5; "
-                   "[NAME] ungated = true for an artifact no gate applies to.")
-@click.option("--junit", type=click.Path(path_type=Path), metavar="OUT.xml", help="Write JUnit XML (one test case per artifact and gate).")
+@click.option(
+    "--gates",
+    "gates_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="TOML overriding the profiles' [gates] per target or artifact folder: [TARGET] max_top1_drop_pp = 1.5; "
+    "[NAME] ungated = true for an artifact no gate applies to.",
+)
+@click.option(
+    "--junit", type=click.Path(path_type=Path), metavar="OUT.xml", help="Write JUnit XML (one test case per artifact and gate)."
+)
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 def gate(report, gates_file, junit, json_out):
     """Check every artifact of REPORT.json (from `evaluate`) against its target's accuracy gates.
@@ -252,14 +419,27 @@ def gate(report, gates_file, junit, json_out):
 # ---------------------------------------------------------------- inspect
 @cli.command()
 @click.argument("artifacts", type=click.Path(path_type=Path))
-@click.option("--model", "model", required=True, metavar="M", help="The Keras model (.keras/.h5) the artifacts were converted from.")
-@click.option("--calibration", required=True, type=click.Path(path_type=Path), metavar="DIR|LIST",
-              help="The calibration images the artifacts were made with (the same sample is drawn again).")
+@click.option(
+    "--model", "model", required=True, metavar="M", help="The Keras model (.keras/.h5) the artifacts were converted from."
+)
+@click.option(
+    "--calibration",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR|LIST",
+    help="The calibration images the artifacts were made with (the same sample is drawn again).",
+)
 @click.option("--calibration-root", type=click.Path(path_type=Path), metavar="DIR", help="Root of a list file's paths.")
 @click.option("--num-images", type=int, default=32, show_default=True, help="Images to measure the activations on.")
 @click.option("--top", type=int, default=10, show_default=True, help="Layers shown per artifact (all are in the JSON).")
-@click.option("--report", type=click.Path(path_type=Path), default=Path("inspect-report"), show_default=True, metavar="OUT",
-              help="Folder for inspect.json, inspect.md and inspect.html (with the plot).")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=Path("inspect-report"),
+    show_default=True,
+    metavar="OUT",
+    help="Folder for inspect.json, inspect.md and inspect.html (with the plot).",
+)
 @click.option("--unsafe-model", is_flag=True, help="Load a .keras file with Keras safe mode off (Lambda layers).")
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 def inspect(artifacts, model, calibration, calibration_root, num_images, top, report, unsafe_model, json_out):
@@ -275,8 +455,16 @@ def inspect(artifacts, model, calibration, calibration_root, num_images, top, re
         raise BadInput(f"--top {top} must be at least 1")
     check_output_file(json_out, "--json")
     with output_lock(report, "--report"):
-        result = run_inspect(InspectRequest(artifacts=artifacts, model=model, calibration=calibration,
-                                            calibration_root=calibration_root, num_images=num_images, unsafe_model=unsafe_model))
+        result = run_inspect(
+            InspectRequest(
+                artifacts=artifacts,
+                model=model,
+                calibration=calibration,
+                calibration_root=calibration_root,
+                num_images=num_images,
+                unsafe_model=unsafe_model,
+            )
+        )
         files = write_inspect(result, report, top)
     result["files"] = {k: str(v) for k, v in files.items()}
     if json_out:
@@ -329,8 +517,14 @@ def calibration():
 
 
 @calibration.command("make")
-@click.option("--from", "src", required=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="Folder of images (class sub-folders give a class-balanced sample).")
+@click.option(
+    "--from",
+    "src",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Folder of images (class sub-folders give a class-balanced sample).",
+)
 @click.option("--num", type=int, default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
-_state = {"quiet": False, "json": False}
+_state = {"quiet": False}
 
 
-def configure(*, quiet: bool = False, json_mode: bool = False) -> None:
+def configure(*, quiet: bool = False) -> None:
     _state["quiet"] = quiet
-    _state["json"] = json_mode
 
 
 def _err_is_tty() -> bool:

@@ -40,8 +40,14 @@ def run_demo(out: Path, cache: Path | None, json_out: str | None, *, tiny: bool 
     # the tiny test variant has fewer, so it samples its train folder instead.
     calibration = demo.data / "train" if tiny else demo_calibration_list()
     req = ConvertRequest(
-        model=str(demo.model), targets=("all",), out=Path(out), calibration=calibration,
-        calibration_root=demo.data / "train", verify_data=demo.data / "val", labels=labels_file, force=True,
+        model=str(demo.model),
+        targets=("all",),
+        out=Path(out),
+        calibration=calibration,
+        calibration_root=demo.data / "train",
+        verify_data=demo.data / "val",
+        labels=labels_file,
+        force=True,
     )
     results = run_convert(req)
     if json_out != "-":
@@ -51,34 +57,53 @@ def run_demo(out: Path, cache: Path | None, json_out: str | None, *, tiny: bool 
     report = Path(report) if report is not None else Path(out).with_name(Path(out).name + "-report")
     evaluations = {}
     for split in ("val", "val_hard"):
-        evaluations[split] = run_evaluate(EvaluateRequest(
-            model=str(demo.model), artifacts=Path(out), data=demo.data / split, report=report / split,
-            runs=5 if tiny else 50, warmup=1 if tiny else 5,
-        ))
+        evaluations[split] = run_evaluate(
+            EvaluateRequest(
+                model=str(demo.model),
+                artifacts=Path(out),
+                data=demo.data / split,
+                report=report / split,
+                runs=5 if tiny else 50,
+                warmup=1 if tiny else 5,
+            )
+        )
         if json_out != "-":
             print_report(evaluations[split])
     # Which layers each int8 backend quantizes worst, measured with the backend's own tool.
     from .inspection.report import print_inspect, write_inspect
     from .inspection.run import InspectRequest, run_inspect
 
-    inspection = run_inspect(InspectRequest(artifacts=Path(out), model=str(demo.model), calibration=calibration,
-                                            calibration_root=demo.data / "train", num_images=8 if tiny else 32))
+    inspection = run_inspect(
+        InspectRequest(
+            artifacts=Path(out),
+            model=str(demo.model),
+            calibration=calibration,
+            calibration_root=demo.data / "train",
+            num_images=8 if tiny else 32,
+        )
+    )
     write_inspect(inspection, report / "inspect", top=10)
     if json_out != "-":
         print_inspect(inspection, top=5)
     if json_out:
         import dataclasses
 
-        payload = {"demo": {"model": str(demo.model), "stats": stats}, "conversions": [dataclasses.asdict(r) for r in results],
-                   "evaluations": evaluations, "inspection": inspection}
+        payload = {
+            "demo": {"model": str(demo.model), "stats": stats},
+            "conversions": [dataclasses.asdict(r) for r in results],
+            "evaluations": evaluations,
+            "inspection": inspection,
+        }
         text = json.dumps(payload, indent=2, default=str)
         if json_out == "-":
             print(text)
         else:
             Path(json_out).write_text(text + "\n", encoding="utf-8")
     if json_out != "-":
-        console.info(f"artifacts in {Path(out).resolve()}; reports in {report.resolve()}/{{val,val_hard}}/report.html "
-                     f"and {report.resolve()}/inspect/inspect.html")
+        console.info(
+            f"artifacts in {Path(out).resolve()}; reports in {report.resolve()}/{{val,val_hard}}/report.html "
+            f"and {report.resolve()}/inspect/inspect.html"
+        )
     failed = [r.target for r in results if not r.ok]
     if failed:
         import click

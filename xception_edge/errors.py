@@ -4,6 +4,15 @@ and says what to do; the CLI prints it and exits with the error's exit code."""
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its class name when it has none),
+    at most ``limit`` characters: what a one-line error quotes from a framework's exception."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return exc.__class__.__name__
+
+
 class XceptionEdgeError(Exception):
     """Base class: a user-facing, one-line error."""
 
@@ -21,9 +30,7 @@ class BackendUnavailable(BadInput):
     """A backend package is not installed; the message names the extra to install."""
 
     def __init__(self, package: str, extra: str):
-        super().__init__(
-            f"{package} is not installed; install it with: pip install 'xception-edge[{extra}]'"
-        )
+        super().__init__(f"{package} is not installed; install it with: pip install 'xception-edge[{extra}]'")
         self.package = package
         self.extra = extra
 

@@ -73,15 +73,22 @@ def discover_artifacts(root: Path, report: Path | None = None) -> list[Artifact]
         folders = [root]
     else:
         skip = Path(report).resolve() if report is not None else None
-        folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
-                   and ((p / MANIFEST).is_file() or skip is None or not skip.is_relative_to(p.resolve()))]
+        folders = [
+            p
+            for p in sorted(root.iterdir())
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and ((p / MANIFEST).is_file() or skip is None or not skip.is_relative_to(p.resolve()))
+        ]
         if not folders:
             raise BadInput(f"--artifacts {root} holds no artifact folders (sub-folders with {MANIFEST}); convert a model first")
     out = []
     for folder in folders:
         if report is not None and Path(report).resolve().is_relative_to(folder.resolve()):
-            raise BadInput(f"--report {report} lies inside the artifact folder {folder}; write the report elsewhere "
-                           "(an artifact folder holds only what its manifest lists)")
+            raise BadInput(
+                f"--report {report} lies inside the artifact folder {folder}; write the report elsewhere "
+                "(an artifact folder holds only what its manifest lists)"
+            )
         manifest = read_manifest(folder)  # no manifest, or a sha256 mismatch: one-line BadInput
         out.append(Artifact(folder, manifest, sha256_file(folder / MANIFEST)))
     return out
@@ -94,7 +101,11 @@ def shared_preprocessing(arts: list[Artifact]) -> tuple[PreprocessSpec, list[str
     for a in arts[1:]:
         other = PreprocessSpec.from_dict(a.manifest["preprocessing"])
         if other != spec:
-            diff = [f"{k} {getattr(spec, k)!r} vs {getattr(other, k)!r}" for k in spec.to_dict() if getattr(spec, k) != getattr(other, k)]
+            diff = [
+                f"{k} {getattr(spec, k)!r} vs {getattr(other, k)!r}"
+                for k in spec.to_dict()
+                if getattr(spec, k) != getattr(other, k)
+            ]
             raise BadInput(
                 f"artifacts {first.name} and {a.name} use different preprocessing ({'; '.join(diff)}); "
                 "evaluate them separately (one --artifacts folder per preprocessing)"
@@ -116,8 +127,7 @@ def float_layers(manifest: dict) -> dict:
     layers = budget.get("float_layers")
     if layers is None:
         layers = list(((manifest.get("profile") or {}).get("quantization") or {}).get("ignored_scope") or [])
-    return {"float_layers": layers, "float_mac_share": budget.get("float_mac_share"),
-            "max_drop_pp": budget.get("max_drop_pp")}
+    return {"float_layers": layers, "float_mac_share": budget.get("float_mac_share"), "max_drop_pp": budget.get("max_drop_pp")}
 
 
 def _check_report_dir(report: Path) -> None:
@@ -162,7 +172,9 @@ def _key(**parts) -> str:
 
 
 # ------------------------------------------------------------------ scoring
-def _score(probs: np.ndarray, idx: np.ndarray, data: LabelledImages, labels: list[str], failed_idx: list[int]) -> tuple[dict, dict]:
+def _score(
+    probs: np.ndarray, idx: np.ndarray, data: LabelledImages, labels: list[str], failed_idx: list[int]
+) -> tuple[dict, dict]:
     y = np.array([data.targets[i] for i in idx], dtype=np.int64)
     acc = accuracy_report(probs, y, labels, undecodable_labels=[data.targets[i] for i in failed_idx])
     keys = data.keys
@@ -175,7 +187,9 @@ def _compare(row: dict, acc: dict, preds: dict, ref: dict, ref_preds: dict, labe
     agr = agreement(preds, ref_preds)
     flips: dict[str, list] = {}
     for f in agr["flipped"]:
-        flips.setdefault(label_of[f["image"]], []).append({"image": f["image"], "keras": f["reference"], "artifact": f["prediction"]})
+        flips.setdefault(label_of[f["image"]], []).append(
+            {"image": f["image"], "keras": f["reference"], "artifact": f["prediction"]}
+        )
     ratio = acc["top1"] / ref["top1"] if ref["top1"] else None
     per_class = {c: {**v, "drop_pp": 100 * (v["top1"] - ref["per_class"][c]["top1"])} for c, v in acc["per_class"].items()}
     return {
@@ -236,7 +250,11 @@ def _run_evaluate(req: EvaluateRequest) -> dict:
     settings = {"runs": req.runs, "warmup": req.warmup}
 
     here = host()  # latency belongs to the machine: a result measured elsewhere is not reused
-    keras_key = _key(kind="keras", model=model_sha, data=data_sha, preprocessing=spec.to_dict(), host=here, **settings) if model_sha else None
+    keras_key = (
+        _key(kind="keras", model=model_sha, data=data_sha, preprocessing=spec.to_dict(), host=here, **settings)
+        if model_sha
+        else None
+    )
     keras_cached = store.load(KERAS, keras_key, keras=True) if keras_key else None
     art_keys = {a.name: _key(kind="artifact", manifest=a.manifest_sha256, data=data_sha, host=here, **settings) for a in arts}
     cached = {a.name: store.load(a.name, art_keys[a.name]) for a in arts}
@@ -269,7 +287,7 @@ def _run_evaluate(req: EvaluateRequest) -> dict:
     report = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "xception_edge": __version__,
         "host": here,
         "settings": {**settings, "decode_threads": req.decode_threads, "batch": BATCH, "mlperf_ratio": MLPERF_RATIO},
@@ -323,13 +341,24 @@ def _compute(req, arts, todo, spec, labels, data, keras_cached, keras_key, art_k
             stats = measure_latency(rt, x0, runs=req.runs, warmup=req.warmup, load_ms=load_ms, what=a.name)
             m = a.manifest
             row = {
-                "name": a.name, "path": str(a.folder.resolve()), "target": m["target"], "backend": m["backend"],
-                "format": m.get("format"), "precision": m["precision"], "hardware": m.get("hardware"),
-                "manifest_sha256": a.manifest_sha256, "size_bytes": model_bytes(m), "threads": rt.threads,
+                "name": a.name,
+                "path": str(a.folder.resolve()),
+                "target": m["target"],
+                "backend": m["backend"],
+                "format": m.get("format"),
+                "precision": m["precision"],
+                "hardware": m.get("hardware"),
+                "manifest_sha256": a.manifest_sha256,
+                "size_bytes": model_bytes(m),
+                "threads": rt.threads,
                 **float_layers(m),
             }
             row = _compare(row, acc, preds, ref, ref_preds, label_of)
-            row.update(latency=stats.to_dict(), cpu_warning="; ".join(filter(None, [cpu_mismatch(m), rt.note])) or None, seconds=time.perf_counter() - t1)
+            row.update(
+                latency=stats.to_dict(),
+                cpu_warning="; ".join(filter(None, [cpu_mismatch(m), rt.note])) or None,
+                seconds=time.perf_counter() - t1,
+            )
             store.save(a.name, art_keys[a.name], {"row": row})
             rows[a.name] = {**row, "reused": False}
             timing["artifact_seconds"][a.name] = row["seconds"]
@@ -357,11 +386,15 @@ def _load_model(req, spec: PreprocessSpec, labels, timing: dict):
     src = load_source(req.model, unsafe=req.unsafe_model)
     timing["model_load_seconds"] = time.perf_counter() - t0
     if (src.height, src.width) != (spec.height, spec.width):
-        raise BadInput(f"--model {req.model} takes {src.height}x{src.width} images but the artifacts were made for "
-                       f"{spec.height}x{spec.width}; pass the model they were converted from")
+        raise BadInput(
+            f"--model {req.model} takes {src.height}x{src.width} images but the artifacts were made for "
+            f"{spec.height}x{spec.width}; pass the model they were converted from"
+        )
     if src.num_classes != len(labels):
-        raise BadInput(f"--model {req.model} has {src.num_classes} outputs but the artifacts' labels.txt has {len(labels)} "
-                       "classes; pass the model they were converted from")
+        raise BadInput(
+            f"--model {req.model} has {src.num_classes} outputs but the artifacts' labels.txt has {len(labels)} "
+            "classes; pass the model they were converted from"
+        )
     return src, _graph_predict(src)
 
 
@@ -380,24 +413,47 @@ def _keras_pass(req, src, predict, labels, data: LabelledImages, feed, timing: d
     if len(idx) == 0:
         raise BadInput(f"no image of {data.origin} could be decoded: {feed.failed[0]}")
     if failed_idx:
-        console.warn(f"{len(failed_idx)} image(s) could not be decoded; counted as misses for every model: "
-                     f"{'; '.join(feed.failed[i] for i in failed_idx[:3])}")
+        console.warn(
+            f"{len(failed_idx)} image(s) could not be decoded; counted as misses for every model: "
+            f"{'; '.join(feed.failed[i] for i in failed_idx[:3])}"
+        )
     acc, preds = _score(probs, idx, data, labels, failed_idx)
     x0 = feed.x[idx[0]][None]
     with console.progress(f"Timing {KERAS}: {req.warmup} warm-up + {req.runs} runs", total=None):
         first_ms, samples = time_invoke(predict, x0, runs=req.runs, warmup=req.warmup)
-    stats = summarize(samples, warmup=req.warmup, threads=os.cpu_count() or 1, load_ms=timing["model_load_seconds"] * 1000,
-                      first_ms=first_ms)
+    stats = summarize(
+        samples, warmup=req.warmup, threads=os.cpu_count() or 1, load_ms=timing["model_load_seconds"] * 1000, first_ms=first_ms
+    )
     path = Path(req.model)
-    size = (path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())) if path.exists() else None
+    size = (
+        (path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
+        if path.exists()
+        else None
+    )
     keys = data.keys
     row = {
-        "name": KERAS, "path": str(path.resolve()) if path.exists() else req.model, "target": None, "backend": "keras",
-        "format": src.kind, "precision": "fp32", "hardware": "any", "size_bytes": size, "threads": os.cpu_count() or 1,
-        "images": acc["images"], "top1": acc["top1"], "top5": acc["top5"], "drop_pp": 0.0, "top5_drop_pp": 0.0,
-        "ratio": 1.0 if acc["top1"] else None, "meets_mlperf_99": True if acc["top1"] else None, "agreement": 1.0, "flipped": 0, "flips_per_class": {},
+        "name": KERAS,
+        "path": str(path.resolve()) if path.exists() else req.model,
+        "target": None,
+        "backend": "keras",
+        "format": src.kind,
+        "precision": "fp32",
+        "hardware": "any",
+        "size_bytes": size,
+        "threads": os.cpu_count() or 1,
+        "images": acc["images"],
+        "top1": acc["top1"],
+        "top5": acc["top5"],
+        "drop_pp": 0.0,
+        "top5_drop_pp": 0.0,
+        "ratio": 1.0 if acc["top1"] else None,
+        "meets_mlperf_99": True if acc["top1"] else None,
+        "agreement": 1.0,
+        "flipped": 0,
+        "flips_per_class": {},
         "per_class": {c: {**v, "drop_pp": 0.0} for c, v in acc["per_class"].items()},
-        "latency": stats.to_dict(), "cpu_warning": None,
+        "latency": stats.to_dict(),
+        "cpu_warning": None,
     }
     return {
         "row": row,

@@ -14,7 +14,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .errors import BadInput
-from .types import GateSpec
+from .profiles import GateSpec
 
 REPORT_SCHEMA = "xception-edge/report"
 REPORT_VERSION = 1
@@ -56,8 +56,9 @@ def check_report(report, path) -> None:
         raise BadInput(f"{path} is not an xception-edge report (schema {REPORT_SCHEMA}); write one with `xception-edge evaluate`")
     version = report.get("schema_version")
     if version != REPORT_VERSION or isinstance(version, bool):
-        raise BadInput(f"{path} has report schema version {version!r}, this gate reads {REPORT_VERSION}; "
-                       "run `xception-edge evaluate` again")
+        raise BadInput(
+            f"{path} has report schema version {version!r}, this gate reads {REPORT_VERSION}; run `xception-edge evaluate` again"
+        )
     try:
         json.dumps(report, ensure_ascii=False).encode("utf-8")
     except (UnicodeEncodeError, ValueError, RecursionError):
@@ -169,8 +170,10 @@ def _check_manifest_unchanged(manifest: Path, row: dict) -> None:
 
     recorded = row.get("manifest_sha256")
     if not isinstance(recorded, str) or sha256_file(manifest) != recorded:
-        raise BadInput(f"{manifest} is not the manifest the report measured (its sha256 differs from the report's "
-                       "manifest_sha256); run `xception-edge evaluate` again")
+        raise BadInput(
+            f"{manifest} is not the manifest the report measured (its sha256 differs from the report's "
+            "manifest_sha256); run `xception-edge evaluate` again"
+        )
 
 
 def _num(v) -> float | None:
@@ -206,18 +209,31 @@ def _integrity(base: GateResult, row: dict, ref_top1) -> list[GateResult]:
     out = []
     images = _num(row.get("images"))
     if images is None or images <= 0:
-        out.append(dataclasses.replace(base, gate="images", value=images,
-                                       note="no images were evaluated (or the count is missing)"))
-    for gate, value, whose in (("top1", row.get("top1"), "the artifact's"),
-                               ("reference_top1", ref_top1, "the Keras reference's")):
+        out.append(
+            dataclasses.replace(base, gate="images", value=images, note="no images were evaluated (or the count is missing)")
+        )
+    for gate, value, whose in (
+        ("top1", row.get("top1"), "the artifact's"),
+        ("reference_top1", ref_top1, "the Keras reference's"),
+    ):
         v = _num(value)
         if v is None or not 0 <= v <= 1:
-            out.append(dataclasses.replace(base, gate=gate, value=v,
-                                           note=f"{whose} top-1 is missing, NaN or not a fraction in the report"))
+            out.append(
+                dataclasses.replace(
+                    base, gate=gate, value=v, note=f"{whose} top-1 is missing, NaN or not a fraction in the report"
+                )
+            )
     if row.get("same_source_model") is not True:
-        out.append(dataclasses.replace(base, gate="same_source_model", note=(
-            "the artifact was converted from another model than the report's --model (or the report cannot confirm it "
-            "by sha256); evaluate it with the model it was converted from")))
+        out.append(
+            dataclasses.replace(
+                base,
+                gate="same_source_model",
+                note=(
+                    "the artifact was converted from another model than the report's --model (or the report cannot confirm it "
+                    "by sha256); evaluate it with the model it was converted from"
+                ),
+            )
+        )
     return out
 
 
@@ -230,9 +246,16 @@ def _gate_row(base: GateResult, row: dict, ref_top1, table: dict, host_cpu: str)
     gates = {**_profile_gates(row), **{k: v for k, v in table.items() if k != UNGATED}}
     limits = _limits(base, row, gates, host_cpu)
     if not any(r.gate != "max_p50_latency_ms" or not r.note.startswith("skipped") for r in limits):
-        out.append(dataclasses.replace(base, gate="gates", note=(
-            "no gate applies to this artifact (its target has no [gates], or its manifest is gone); set limits for it "
-            f"in a --gates file, or `{UNGATED} = true` to say it is not gated")))
+        out.append(
+            dataclasses.replace(
+                base,
+                gate="gates",
+                note=(
+                    "no gate applies to this artifact (its target has no [gates], or its manifest is gone); set limits for it "
+                    f"in a --gates file, or `{UNGATED} = true` to say it is not gated"
+                ),
+            )
+        )
     return out + limits
 
 
@@ -255,8 +278,11 @@ def _limits(base: GateResult, row: dict, gates: dict, host_cpu: str) -> list[Gat
         if gate == "max_p50_latency_ms":
             want = gates.get("latency_host")
             if not want or want.lower() not in host_cpu.lower():
-                out.append(dataclasses.replace(r, passed=True, note=(
-                    f"skipped: report made on '{host_cpu}', gate is for '{want or 'no host named'}'")))
+                out.append(
+                    dataclasses.replace(
+                        r, passed=True, note=(f"skipped: report made on '{host_cpu}', gate is for '{want or 'no host named'}'")
+                    )
+                )
                 continue
         if value is None:
             out.append(dataclasses.replace(r, note="value missing, not a number, or NaN/inf in the report"))
@@ -274,8 +300,10 @@ def _xml(text: str) -> str:
 
 def junit_xml(results: list[GateResult]) -> str:
     failures = sum(not r.passed for r in results)
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
-             f'<testsuite name="xception-edge gates" tests="{len(results)}" failures="{failures}">']
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuite name="xception-edge gates" tests="{len(results)}" failures="{failures}">',
+    ]
     for r in results:
         lines.append(f"  <testcase classname={quoteattr(_xml(r.name))} name={quoteattr(_xml(r.gate))}>")
         if not r.passed:
@@ -313,9 +341,11 @@ def inspect_hints(report: dict, results: list[GateResult]) -> list[str]:
     for name, row in zip(row_names(rows), rows):
         if name not in failed or row.get("precision") != "int8" or not isinstance(row.get("path"), str):
             continue
-        out.append(f"{name}: to see which layers are to blame, run: xception-edge inspect {row['path']} "
-                   f"--model {model} --calibration {_calibration_of(Path(row['path']))}  "
-                   "(then `convert --max-drop PP --validation DIR` keeps them in float)")
+        out.append(
+            f"{name}: to see which layers are to blame, run: xception-edge inspect {row['path']} "
+            f"--model {model} --calibration {_calibration_of(Path(row['path']))}  "
+            "(then `convert --max-drop PP --validation DIR` keeps them in float)"
+        )
     return out
 
 

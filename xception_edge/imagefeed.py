@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class ImageFeed:
         self._error: BaseException | None = None
         self._threads = [threading.Thread(target=self._work, name=f"xe-decode-{i}", daemon=True) for i in range(self.workers)]
 
-    def __enter__(self) -> "ImageFeed":
+    def __enter__(self) -> ImageFeed:
         for t in self._threads:
             t.start()
         return self

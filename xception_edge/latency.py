@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import resource
 import sys
 import time
@@ -38,8 +37,21 @@ class LatencyStats:
 def summarize(samples_ms: list[float], *, warmup: int, threads: int, load_ms: float, first_ms: float) -> LatencyStats:
     a = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return LatencyStats(len(a), warmup, threads, float(p50), float(p90), float(p99), float(a.mean()), float(a.std()),
-                        float(a.min()), float(a.max()), float(load_ms), float(first_ms), tuple(float(x) for x in a))
+    return LatencyStats(
+        len(a),
+        warmup,
+        threads,
+        float(p50),
+        float(p90),
+        float(p99),
+        float(a.mean()),
+        float(a.std()),
+        float(a.min()),
+        float(a.max()),
+        float(load_ms),
+        float(first_ms),
+        tuple(float(x) for x in a),
+    )
 
 
 def time_invoke(invoke, x: np.ndarray, *, runs: int, warmup: int) -> tuple[float, list[float]]:
@@ -65,7 +77,3 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process so far."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / (1024 * 1024)
-
-
-def default_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 4))

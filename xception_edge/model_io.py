@@ -8,12 +8,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
 from . import console, frameworks
-from .errors import BadInput, ConversionFailed
+from .errors import BadInput, ConversionFailed, first_line
 
 KERAS_XCEPTION = "keras:xception"
 MIN_SIZE = 71
@@ -66,7 +67,7 @@ class SourceModel:
                 try:
                     self.openvino_model = ov.convert_model(str(path), input=[1, self.height, self.width, 3])
                 except Exception as exc:
-                    first = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
+                    first = first_line(exc)
                     raise ConversionFailed(f"openvino.convert_model failed on {self.spec}: {first}") from None
         return self.openvino_model
 
@@ -80,12 +81,14 @@ class SourceModel:
             with console.progress(f"Exporting ONNX (opset {opset})", total=None):
                 try:
                     if self.keras_model is not None:
-                        self.keras_model(np.zeros((1, self.height, self.width, 3), np.float32), training=False)  # export needs a called model
+                        self.keras_model(
+                            np.zeros((1, self.height, self.width, 3), np.float32), training=False
+                        )  # export needs a called model
                         self.keras_model.export(str(path), format="onnx", opset_version=opset, verbose=False)
                     else:
                         _saved_model_to_onnx(self._loaded, path, opset)
                 except Exception as exc:
-                    first = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
+                    first = first_line(exc)
                     raise ConversionFailed(f"ONNX export of {self.spec} failed (tf2onnx, opset {opset}): {first}") from None
             self.onnx_path = path
         return self.onnx_path
@@ -99,8 +102,8 @@ def _saved_model_to_onnx(loaded, path: Path, opset: int) -> None:
 
     patch_tf2onnx()
     sig = loaded.signatures["serving_default"]
-    (in_name, in_spec), = sig.structured_input_signature[1].items()
-    (out_name, _), = sig.structured_outputs.items()
+    ((in_name, in_spec),) = sig.structured_input_signature[1].items()
+    ((out_name, _),) = sig.structured_outputs.items()
     spec = tf.TensorSpec(in_spec.shape, tf.float32, name=in_name)
     fn = tf.function(lambda x: sig(**{in_name: x})[out_name], input_signature=[spec])
     tf2onnx.convert.from_function(fn, input_signature=[spec], opset=opset, output_path=str(path))
@@ -136,9 +139,9 @@ def _load_keras_file(path: Path, unsafe: bool):
                 f"{path} contains a Lambda layer (arbitrary Python code), refused in Keras safe mode; "
                 "pass --unsafe-model only if you trust this file"
             ) from None
-        raise BadInput(f"{path} cannot be loaded as a Keras model: {text.splitlines()[0] if text else exc}") from None
+        raise BadInput(f"{path} cannot be loaded as a Keras model: {first_line(exc)}") from None
     except (OSError, TypeError, KeyError, AttributeError) as exc:
-        raise BadInput(f"{path} cannot be loaded as a Keras model: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise BadInput(f"{path} cannot be loaded as a Keras model: {exc.__class__.__name__}: {first_line(exc)}") from None
 
 
 def _keras_applications(opts: KerasXceptionOptions):
@@ -153,10 +156,11 @@ def _keras_applications(opts: KerasXceptionOptions):
             classes=opts.num_classes,
         )
     except Exception as exc:
-        text = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+        text = first_line(exc, 200)
         if (opts.weights == "imagenet" and isinstance(exc, OSError)) or "fetch" in text.lower() or "url" in text.lower():
-            raise BadInput(f"cannot download ImageNet weights for keras:xception ({text}); this needs the internet, "
-                           "or use --weights none") from None
+            raise BadInput(
+                f"cannot download ImageNet weights for keras:xception ({text}); this needs the internet, or use --weights none"
+            ) from None
         raise BadInput(f"keras:xception cannot be built with these options: {text}") from None
 
 
@@ -172,8 +176,7 @@ def check_xception_options(opts: KerasXceptionOptions) -> None:
         raise BadInput(f"--num-classes {opts.num_classes} must be at least 2 (a classifier's output)")
     if opts.weights == "imagenet" and opts.num_classes != 1000:
         raise BadInput(
-            f"--num-classes {opts.num_classes}: ImageNet weights have 1000 classes; fine-tune first, "
-            "or use --weights none"
+            f"--num-classes {opts.num_classes}: ImageNet weights have 1000 classes; fine-tune first, or use --weights none"
         )
     if opts.weights == "imagenet" and opts.input_size != 299:
         raise BadInput(
@@ -187,16 +190,18 @@ def _wrap_saved_model(path: Path):
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise BadInput(f"{path} is not a loadable TensorFlow SavedModel: {str(exc).splitlines()[0]}") from None
+        raise BadInput(f"{path} is not a loadable TensorFlow SavedModel: {first_line(exc)}") from None
     sig = loaded.signatures.get("serving_default")
     if sig is None:
         raise BadInput(f"{path} has no 'serving_default' signature; export it with model.export()")
     inputs = sig.structured_input_signature[1]
     outputs = sig.structured_outputs
     if len(inputs) != 1 or len(outputs) != 1:
-        raise BadInput(f"{path}: expected one image input and one output, found {len(inputs)} input(s) and {len(outputs)} output(s)")
-    (in_name, in_spec), = inputs.items()
-    (out_name, out_spec), = outputs.items()
+        raise BadInput(
+            f"{path}: expected one image input and one output, found {len(inputs)} input(s) and {len(outputs)} output(s)"
+        )
+    ((in_name, in_spec),) = inputs.items()
+    ((out_name, out_spec),) = outputs.items()
     shape = tuple(in_spec.shape.as_list())
     out_shape = tuple(out_spec.shape.as_list())
 
@@ -273,7 +278,9 @@ def _check_keras_archive(path: Path) -> None:
     if bad is not None:
         raise BadInput(f"model {path} is a corrupt .keras archive ({bad} fails its CRC check); copy or save it again")
     if "config.json" not in names:
-        raise BadInput(f"model {path} is a zip file without config.json, not a .keras model; save it with model.save('name.keras')")
+        raise BadInput(
+            f"model {path} is a zip file without config.json, not a .keras model; save it with model.save('name.keras')"
+        )
 
 
 def _from_keras(spec: str, kind: str, model, sha256: str | None) -> SourceModel:
@@ -316,7 +323,9 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
-def resolve_labels(num_classes: int, labels_file: Path | None, folder_classes: tuple[str, ...] | None, folder: str | None) -> tuple[list[str], str]:
+def resolve_labels(
+    num_classes: int, labels_file: Path | None, folder_classes: tuple[str, ...] | None, folder: str | None
+) -> tuple[list[str], str]:
     """Class names from --labels, else the calibration folder's class sub-folders (sorted, as
     Keras orders them), else generic names. The count must match the model's outputs."""
     if labels_file is not None:

@@ -25,7 +25,7 @@ from .model_io import KERAS_XCEPTION, KerasXceptionOptions, SourceModel, check_x
 from .preprocess import PreprocessSpec, load_images
 from .runtime import open_artifact
 from .targets import resolve_targets
-from .types import TargetProfile
+from .profiles import TargetProfile
 from .verify import VerifyResult, is_undecided, verify
 
 
@@ -100,8 +100,10 @@ def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | No
             raise BadInput(f"{final} already exists; pass --force to overwrite it")
     if req.max_drop is not None:
         if req.validation is None:
-            raise BadInput(f"--max-drop {req.max_drop:g} needs --validation DIR: labelled held-out images (class sub-folders "
-                           "or a list file) to measure the top-1 drop on")
+            raise BadInput(
+                f"--max-drop {req.max_drop:g} needs --validation DIR: labelled held-out images (class sub-folders "
+                "or a list file) to measure the top-1 drop on"
+            )
         if not req.max_drop >= 0:
             raise BadInput(f"--max-drop {req.max_drop} must be a non-negative number of percentage points, e.g. 1.0")
         if not req.validation.exists():
@@ -119,7 +121,12 @@ def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | No
 
 
 def _verification_images(
-    spec: PreprocessSpec, n: int, seed: int, calib: CalibrationSet | None, calib_src: ImageSource | None, verify_src: ImageSource | None
+    spec: PreprocessSpec,
+    n: int,
+    seed: int,
+    calib: CalibrationSet | None,
+    calib_src: ImageSource | None,
+    verify_src: ImageSource | None,
 ) -> tuple[np.ndarray, str]:
     """Held-out images for verification: --verify-data, else calibration-source images that were
     not used for calibration, else (with a warning) the calibration images themselves."""
@@ -156,7 +163,9 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
     src = load_source(req.model, unsafe=req.unsafe_model, xception=req.xception)
     for w in src.warnings:
         console.warn(w)
-    labels, labels_from = resolve_labels(src.num_classes, req.labels, calib_src.classes if calib_src else None, calib_src.origin if calib_src else None)
+    labels, labels_from = resolve_labels(
+        src.num_classes, req.labels, calib_src.classes if calib_src else None, calib_src.origin if calib_src else None
+    )
     spec = PreprocessSpec(src.height, src.width, req.resize, req.crop_fraction, req.interpolation)
 
     sizes = [req.num_calibration or p.calibration_size for p in profiles if p.precision.needs_calibration]
@@ -179,7 +188,9 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
         from .budget import check_overlap, check_resolution, load_validation
 
         if src.keras_model is None:
-            raise BadInput(f"--max-drop needs a Keras model (.keras/.h5) to name the layers it keeps in float; {req.model} is a SavedModel")
+            raise BadInput(
+                f"--max-drop needs a Keras model (.keras/.h5) to name the layers it keeps in float; {req.model} is a SavedModel"
+            )
         validation = load_validation(req.validation, labels, spec, src)
         check_overlap(validation, calib, strict=req.strict)
         check_resolution(validation, req.max_drop)
@@ -203,8 +214,9 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
     return results
 
 
-def _build(profile, src: SourceModel, calib, stage: Path, workdir: Path, common: dict, check,
-           **options) -> tuple[dict, object, VerifyResult | None]:
+def _build(
+    profile, src: SourceModel, calib, stage: Path, workdir: Path, common: dict, check, **options
+) -> tuple[dict, object, VerifyResult | None]:
     """Convert into ``stage`` (``options``: backend-specific converter keywords); the manifest (not
     yet written), the opened artifact, the verification."""
     images, reference, images_from = check
@@ -229,7 +241,7 @@ def _build(profile, src: SourceModel, calib, stage: Path, workdir: Path, common:
         "conversion": {"seconds": round(seconds, 2), **converted.details},
         "tools": {**common["tools"], **converted.tools},
         "profile": profile.to_dict(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "files": {},
     }
     runtime = open_artifact(stage, manifest=manifest)
@@ -268,7 +280,9 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
                 def build(p, **options):
                     return _build(p, src, calib, stage, workdir, common, check, **options)
 
-                manifest, result, budget = keep_within_budget(profile, req.max_drop, validation, src, calib, build, stage, workdir)
+                manifest, result, budget = keep_within_budget(
+                    profile, req.max_drop, validation, src, calib, build, stage, workdir
+                )
             else:
                 manifest, _, result = _build(profile, src, calib, stage, workdir, common, check)
             _check_verification(profile.name, result)
@@ -280,16 +294,26 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
             manifest.pop("files", None)
             files = write_manifest(stage, manifest)["files"]
             size = sum(e["bytes"] for name, e in files.items() if name not in ("labels.txt", "calibration.txt"))
-        return TargetResult(profile.name, profile.backend, profile.precision.value, str(final), size, seconds,
-                            manifest["verification"], float_layers=(budget or {}).get("float_layers"),
-                            float_mac_share=(budget or {}).get("float_mac_share"), drop_pp=(budget or {}).get("drop_pp"))
+        return TargetResult(
+            profile.name,
+            profile.backend,
+            profile.precision.value,
+            str(final),
+            size,
+            seconds,
+            manifest["verification"],
+            float_layers=(budget or {}).get("float_layers"),
+            float_mac_share=(budget or {}).get("float_mac_share"),
+            drop_pp=(budget or {}).get("drop_pp"),
+        )
     except (XceptionEdgeError, OSError) as exc:
         if isinstance(exc, BadInput):
             raise
         message = str(exc) if isinstance(exc, XceptionEdgeError) else _os_failure(profile.name, exc)
         console.error(message)
-        return TargetResult(profile.name, profile.backend, profile.precision.value, None, None,
-                            time.perf_counter() - t0, None, error=message)
+        return TargetResult(
+            profile.name, profile.backend, profile.precision.value, None, None, time.perf_counter() - t0, None, error=message
+        )
 
 
 def _os_failure(name: str, exc: OSError) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -57,9 +57,7 @@ class PreprocessSpec:
         if self.resize not in RESIZE_MODES:
             raise BadInput(f"preprocessing resize={self.resize!r} is unknown; use one of {RESIZE_MODES}")
         if self.interpolation not in INTERPOLATIONS:
-            raise BadInput(
-                f"preprocessing interpolation={self.interpolation!r} is unknown; use one of {INTERPOLATIONS}"
-            )
+            raise BadInput(f"preprocessing interpolation={self.interpolation!r} is unknown; use one of {INTERPOLATIONS}")
         if self.scaling not in SCALINGS:
             raise BadInput(f"preprocessing scaling={self.scaling!r} is unknown; use one of {SCALINGS}")
         if not 0.0 < self.crop_fraction <= 1.0:
@@ -71,7 +69,7 @@ class PreprocessSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PreprocessSpec":
+    def from_dict(cls, data: dict) -> PreprocessSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -108,8 +106,7 @@ def check_size(size: tuple[int, int], path) -> None:
         raise UndecodableImage(f"{path}: the image is {w}x{h} pixels (empty)")
     if w * h > MAX_PIXELS:
         raise UndecodableImage(
-            f"{path}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the {MAX_PIXELS / 1e6:g}-megapixel "
-            "limit; downscale it"
+            f"{path}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the {MAX_PIXELS / 1e6:g}-megapixel limit; downscale it"
         )
 
 
@@ -126,7 +123,9 @@ def decode(path: str | Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise UndecodableImage(f"{path}: not a JPEG, PNG, BMP or WebP image") from None
     except _PILLOW_BOMB as exc:
-        raise UndecodableImage(f"{path}: {exc.__class__.__name__}: {exc} (the limit here is {MAX_PIXELS / 1e6:g} megapixels)") from None
+        raise UndecodableImage(
+            f"{path}: {exc.__class__.__name__}: {exc} (the limit here is {MAX_PIXELS / 1e6:g} megapixels)"
+        ) from None
     except _DECODE_ERRORS as exc:
         raise UndecodableImage(f"{path}: {exc.__class__.__name__}: {exc}") from None
 
@@ -191,9 +190,7 @@ def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
     return preprocess_array(decode(path), spec)
 
 
-def load_images(
-    paths: Sequence[str | Path], spec: PreprocessSpec, *, on_progress=None
-) -> tuple[np.ndarray, list[str]]:
+def load_images(paths: Sequence[str | Path], spec: PreprocessSpec, *, on_progress=None) -> tuple[np.ndarray, list[str]]:
     """Decode + preprocess many files into an (N, H, W, 3) float32 batch.
 
     Returns the batch of those that decoded and the list of ``"path: reason"`` strings for
@@ -224,12 +221,3 @@ def list_images(root: str | Path) -> list[Path]:
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
             found.append(p)
     return found
-
-
-def warn_undecodable(failed: Iterable[str], what: str) -> None:
-    failed = list(failed)
-    if failed:
-        shown = "; ".join(failed[:5]) + (f"; ... and {len(failed) - 5} more" if len(failed) > 5 else "")
-        from .console import warn
-
-        warn(f"{len(failed)} {what} image(s) could not be decoded and were skipped: {shown}")

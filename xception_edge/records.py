@@ -26,8 +26,10 @@ _TABLES = ("host", "conversion", "calibration", "source_model", "profile", "veri
 def plain_name(value, what: str) -> str:
     """A name that is safe as one path component: letters, digits, '.', '_', '-'; not '.' or '..'."""
     if not isinstance(value, str) or not PLAIN_NAME.match(value) or value in (".", ".."):
-        raise BadInput(f"{what} {value!r} is not a plain name; use letters, digits, '.', '_' and '-' only "
-                       "(not '.' or '..', at most 100 characters)")
+        raise BadInput(
+            f"{what} {value!r} is not a plain name; use letters, digits, '.', '_' and '-' only "
+            "(not '.' or '..', at most 100 characters)"
+        )
     return value
 
 
@@ -92,8 +94,10 @@ def validate_manifest(m, where: Path, folder: Path) -> dict:
     if not isinstance(m, dict) or m.get("schema") != MANIFEST_SCHEMA:
         raise BadInput(f"{where} is not an xception-edge manifest")
     if m.get("schema_version") != MANIFEST_VERSION:
-        raise BadInput(f"{where} has manifest schema version {m.get('schema_version')!r}, this xception-edge reads "
-                       f"{MANIFEST_VERSION}; convert the model again with this version")
+        raise BadInput(
+            f"{where} has manifest schema version {m.get('schema_version')!r}, this xception-edge reads "
+            f"{MANIFEST_VERSION}; convert the model again with this version"
+        )
     plain_name(m.get("target"), f"{where}: target")
     for key in ("backend", "format", "model_file"):
         if not isinstance(m.get(key), str) or not m[key]:
@@ -106,8 +110,9 @@ def validate_manifest(m, where: Path, folder: Path) -> dict:
     needed = [model_file] + [model_file[: -len(s)] + c for s, cs in _COMPANIONS.items() if model_file.endswith(s) for c in cs]
     for rel in needed:
         if rel not in files:
-            raise BadInput(f"{where}: {rel} is used by the artifact but not listed under 'files' with its sha256; "
-                           "convert the model again")
+            raise BadInput(
+                f"{where}: {rel} is used by the artifact but not listed under 'files' with its sha256; convert the model again"
+            )
     io = m.get("io")
     if not isinstance(io, dict):
         raise _fail(where, "io", "a table with input and output", io)

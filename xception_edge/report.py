@@ -35,14 +35,35 @@ def fmt_ratio(r: dict) -> str:
 def summary_cells(r: dict) -> list[str]:
     lat = r["latency"]
     return [
-        r["name"], r["backend"], r["precision"], fmt_mb(r["size_bytes"]), fmt_pct(r["top1"]), fmt_pp(r["drop_pp"]),
-        fmt_ratio(r), fmt_pct(r["top5"]), fmt_pct(r["agreement"]), str(r["flipped"]),
-        f"{lat['p50_ms']:.2f}", f"{lat['p90_ms']:.2f}",
+        r["name"],
+        r["backend"],
+        r["precision"],
+        fmt_mb(r["size_bytes"]),
+        fmt_pct(r["top1"]),
+        fmt_pp(r["drop_pp"]),
+        fmt_ratio(r),
+        fmt_pct(r["top5"]),
+        fmt_pct(r["agreement"]),
+        str(r["flipped"]),
+        f"{lat['p50_ms']:.2f}",
+        f"{lat['p90_ms']:.2f}",
     ]
 
 
-SUMMARY_COLUMNS = ["model", "backend", "precision", "size", "top-1", "Δ top-1 (pp)", "of fp32", "top-5", "agreement",
-                   "flips", "p50 ms", "p90 ms"]
+SUMMARY_COLUMNS = [
+    "model",
+    "backend",
+    "precision",
+    "size",
+    "top-1",
+    "Δ top-1 (pp)",
+    "of fp32",
+    "top-5",
+    "agreement",
+    "flips",
+    "p50 ms",
+    "p90 ms",
+]
 
 
 def notes(report: dict) -> list[str]:
@@ -53,7 +74,9 @@ def notes(report: dict) -> list[str]:
         if r.get("float_layers"):
             share = f", {100 * r['float_mac_share']:.1f}% of MACs" if r.get("float_mac_share") is not None else ""
             why = f" to keep the --max-drop {r['max_drop_pp']:g} pp budget" if r.get("max_drop_pp") is not None else ""
-            out.append(f"{r['name']}: {len(r['float_layers'])} layer(s) kept in float{why}{share}: {', '.join(r['float_layers'])}")
+            out.append(
+                f"{r['name']}: {len(r['float_layers'])} layer(s) kept in float{why}{share}: {', '.join(r['float_layers'])}"
+            )
         if not r.get("same_source_model", True):
             out.append(f"{r['name']}: converted from another model than --model; its agreement says little")
     reused = [r["name"] for r in rows(report) if r.get("reused")]
@@ -65,10 +88,12 @@ def notes(report: dict) -> list[str]:
 def timing_sentence(report: dict) -> str:
     t, d, workers = report["timing"], report["data"], report["settings"]["decode_threads"]
     how = f"in {workers} background thread(s) while" if workers else "in the main thread, before"
-    return (f"Decoding {d['images']} images once for every model cost {t['decode_cpu_seconds']:.2f} s of CPU, {how} the "
-            f"Keras pass ran ({t['keras_predict_seconds']:.2f} s in predict): {t['first_pass_wall_seconds']:.2f} s wall, "
-            f"against {t['serial_estimate_seconds']:.2f} s for decoding then predicting. Model load "
-            f"{t['model_load_seconds']:.2f} s; everything {t['total_seconds']:.1f} s.")
+    return (
+        f"Decoding {d['images']} images once for every model cost {t['decode_cpu_seconds']:.2f} s of CPU, {how} the "
+        f"Keras pass ran ({t['keras_predict_seconds']:.2f} s in predict): {t['first_pass_wall_seconds']:.2f} s wall, "
+        f"against {t['serial_estimate_seconds']:.2f} s for decoding then predicting. Model load "
+        f"{t['model_load_seconds']:.2f} s; everything {t['total_seconds']:.1f} s."
+    )
 
 
 def markdown(report: dict) -> str:
@@ -84,8 +109,12 @@ def markdown(report: dict) -> str:
         "| " + " | ".join(["---"] * 3 + ["---:"] * (len(SUMMARY_COLUMNS) - 3)) + " |",
     ]
     lines += ["| " + " | ".join(summary_cells(r)) + " |" for r in rows(report)]
-    lines += ["", f"*of fp32*: top-1 as a share of Keras fp32 top-1 (✗: below MLPerf's {100 * s['mlperf_ratio']:.0f}%). "
-              "*agreement*: share of images whose top-1 equals Keras's; *flips*: images where it differs.", ""]
+    lines += [
+        "",
+        f"*of fp32*: top-1 as a share of Keras fp32 top-1 (✗: below MLPerf's {100 * s['mlperf_ratio']:.0f}%). "
+        "*agreement*: share of images whose top-1 equals Keras's; *flips*: images where it differs.",
+        "",
+    ]
     for n in notes(report):
         lines.append(f"- {n}")
     lines += ["", "## Per-class top-1 (Δ vs Keras fp32, percentage points)", ""]

@@ -29,6 +29,7 @@ def backend_colours() -> dict[str, str]:
 
     return {"keras": "#222222", **{name: spec.colour for name, spec in backends.registry().items()}}
 
+
 _MARKERS = {"fp32": "o", "fp16": "s", "dynamic-int8": "D", "int8": "^"}
 
 
@@ -66,8 +67,15 @@ def _label_points(fig, ax, pts) -> None:
                 break
         placed.append(box)
         dy_points = k * line * 72 / fig.dpi
-        ax.annotate(r["name"], (x, y), xytext=(7 * 72 / fig.dpi, dy_points), textcoords="offset points", fontsize=8,
-                    va="center", arrowprops={"arrowstyle": "-", "color": "#aaa", "lw": 0.6} if k else None)
+        ax.annotate(
+            r["name"],
+            (x, y),
+            xytext=(7 * 72 / fig.dpi, dy_points),
+            textcoords="offset points",
+            fontsize=8,
+            va="center",
+            arrowprops={"arrowstyle": "-", "color": "#aaa", "lw": 0.6} if k else None,
+        )
 
 
 def plots(report: dict) -> dict[str, str]:
@@ -87,11 +95,23 @@ def plots(report: dict) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     pts = [(r["latency"]["p50_ms"], 100 * r["top1"], r) for r in rs]
     for x, y, r in pts:
-        ax.scatter(x, y, s=110 if r is ref else 55, color=colours.get(r["backend"], "#ff7f0e"),
-                   marker="*" if r is ref else _MARKERS.get(r["precision"], "o"), zorder=3, edgecolor="white")
+        ax.scatter(
+            x,
+            y,
+            s=110 if r is ref else 55,
+            color=colours.get(r["backend"], "#ff7f0e"),
+            marker="*" if r is ref else _MARKERS.get(r["precision"], "o"),
+            zorder=3,
+            edgecolor="white",
+        )
     ax.axhline(100 * ref["top1"], color="#888", ls="--", lw=1, label=f"Keras fp32 top-1 {100 * ref['top1']:.2f}%")
-    ax.axhline(100 * ref["top1"] * report["settings"]["mlperf_ratio"], color="#c44", ls=":", lw=1,
-               label=f"{100 * report['settings']['mlperf_ratio']:.0f}% of fp32 (MLPerf)")
+    ax.axhline(
+        100 * ref["top1"] * report["settings"]["mlperf_ratio"],
+        color="#c44",
+        ls=":",
+        lw=1,
+        label=f"{100 * report['settings']['mlperf_ratio']:.0f}% of fp32 (MLPerf)",
+    )
     ax.set_xscale("log")
     xs = [p[0] for p in pts]
     ax.set_xlim(min(xs) / 1.25, max(xs) * 1.6)
@@ -102,17 +122,22 @@ def plots(report: dict) -> dict[str, str]:
     ax.set_title("Accuracy vs latency (colour: backend, marker: precision)")
     ax.grid(True, which="both", alpha=0.3)
     _label_points(fig, ax, pts)
-    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=b) for b, c in colours.items()
-               if any(r["backend"] == b for r in rs)]
-    handles += [plt.Line2D([], [], color="#555", marker=m, ls="", label=p) for p, m in _MARKERS.items()
-                if any(r["precision"] == p for r in report["artifacts"])]
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", ls="", label=b) for b, c in colours.items() if any(r["backend"] == b for r in rs)
+    ]
+    handles += [
+        plt.Line2D([], [], color="#555", marker=m, ls="", label=p)
+        for p, m in _MARKERS.items()
+        if any(r["precision"] == p for r in report["artifacts"])
+    ]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     out["tradeoff"] = _png(fig)
 
     # latency distributions
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rs) + 1.2))
-    ax.boxplot([r["latency"]["samples_ms"] for r in rs][::-1], vert=False, showfliers=True, widths=0.6,
-               flierprops={"markersize": 3})
+    ax.boxplot(
+        [r["latency"]["samples_ms"] for r in rs][::-1], vert=False, showfliers=True, widths=0.6, flierprops={"markersize": 3}
+    )
     ax.set_yticks(range(1, len(rs) + 1), [r["name"] for r in rs][::-1], fontsize=8)
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
@@ -135,8 +160,15 @@ def plots(report: dict) -> dict[str, str]:
             for j in range(len(arts)):
                 if np.isfinite(grid[i, j]):
                     v = grid[i, j]
-                    ax.text(j, i, f"{v:+.1f}" if v else "0", ha="center", va="center", fontsize=7,
-                            color="white" if abs(v) > 0.6 * lim else ("black" if v else "#999"))
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:+.1f}" if v else "0",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if abs(v) > 0.6 * lim else ("black" if v else "#999"),
+                    )
         fig.colorbar(im, ax=ax, label="Δ top-1 vs Keras fp32, pp")
         ax.set_title("Per-class top-1 change vs Keras fp32")
         out["per_class"] = _png(fig)
@@ -154,7 +186,8 @@ def _table(header: list[str], body: list[list[str]], *, ref_first: bool = False,
         cls = ' class="ref"' if ref_first and k == 0 else ""
         tds = "".join(
             f'<td class="num{" bad" if "✗" in c else ""}">{_e(c)}</td>' if i >= numeric_from else f"<td>{_e(c)}</td>"
-            for i, c in enumerate(cells))
+            for i, c in enumerate(cells)
+        )
         trs.append(f"<tr{cls}>{tds}</tr>")
     return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(trs)}</tbody></table>"
 
@@ -177,28 +210,47 @@ def html(report: dict) -> str:
     if notes(report):
         parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes(report)) + "</ul>")
     parts += [
-        "<h2>Accuracy vs latency</h2>", f"<img alt='top-1 vs p50 latency' src='{figs['tradeoff']}'>",
-        "<h2>Latency distributions</h2>", f"<img alt='latency distributions' src='{figs['latency']}'>",
+        "<h2>Accuracy vs latency</h2>",
+        f"<img alt='top-1 vs p50 latency' src='{figs['tradeoff']}'>",
+        "<h2>Latency distributions</h2>",
+        f"<img alt='latency distributions' src='{figs['latency']}'>",
     ]
     if "per_class" in figs:
         parts += ["<h2>Per-class top-1 change</h2>", f"<img alt='per-class top-1 change' src='{figs['per_class']}'>"]
         classes = list(report["reference"]["per_class"])
-        body = [[c, str(report["reference"]["per_class"][c]["images"]), f"{100 * report['reference']['per_class'][c]['top1']:.1f}%"]
-                + [f"{a['per_class'][c]['drop_pp']:+.1f}" if c in a["per_class"] else "—" for a in report["artifacts"]]
-                for c in classes]
-        parts.append("<div style='overflow-x:auto'>" + _table(["class", "images", "keras-fp32 top-1"] + [f"{a['name']} Δpp" for a in report["artifacts"]], body) + "</div>")
-    flips = [[a["name"], c, f["image"], f["keras"], f["artifact"]]
-             for a in report["artifacts"] for c, fs in a["flips_per_class"].items() for f in fs]
+        body = [
+            [c, str(report["reference"]["per_class"][c]["images"]), f"{100 * report['reference']['per_class'][c]['top1']:.1f}%"]
+            + [f"{a['per_class'][c]['drop_pp']:+.1f}" if c in a["per_class"] else "—" for a in report["artifacts"]]
+            for c in classes
+        ]
+        parts.append(
+            "<div style='overflow-x:auto'>"
+            + _table(["class", "images", "keras-fp32 top-1"] + [f"{a['name']} Δpp" for a in report["artifacts"]], body)
+            + "</div>"
+        )
+    flips = [
+        [a["name"], c, f["image"], f["keras"], f["artifact"]]
+        for a in report["artifacts"]
+        for c, fs in a["flips_per_class"].items()
+        for f in fs
+    ]
     parts.append(f"<h2>Flipped images ({len(flips)})</h2>")
     if flips:
-        parts.append("<details><summary>top-1 differs from Keras fp32</summary>"
-                     + _table(["artifact", "class", "image", "Keras", "artifact"], flips, numeric_from=99) + "</details>")
+        parts.append(
+            "<details><summary>top-1 differs from Keras fp32</summary>"
+            + _table(["artifact", "class", "image", "Keras", "artifact"], flips, numeric_from=99)
+            + "</details>"
+        )
     if d["undecodable"]:
-        parts.append(f"<h2>Undecodable images ({len(d['undecodable'])}, counted as misses)</h2><ul>"
-                     + "".join(f"<li><code>{_e(u['image'])}</code> ({_e(u['label'])}): {_e(u['error'])}</li>" for u in d["undecodable"])
-                     + "</ul>")
+        parts.append(
+            f"<h2>Undecodable images ({len(d['undecodable'])}, counted as misses)</h2><ul>"
+            + "".join(f"<li><code>{_e(u['image'])}</code> ({_e(u['label'])}): {_e(u['error'])}</li>" for u in d["undecodable"])
+            + "</ul>"
+        )
     if "first_pass_wall_seconds" in t:
         parts.append(f"<h2>Timing</h2><p>{_e(timing_sentence(report))}</p>")
-    parts.append(f"<p class='note'>xception-edge {_e(report['xception_edge'])}, report schema "
-                 f"{_e(report['schema'])} v{report['schema_version']}; numbers in report.json.</p></body></html>")
+    parts.append(
+        f"<p class='note'>xception-edge {_e(report['xception_edge'])}, report schema "
+        f"{_e(report['schema'])} v{report['schema_version']}; numbers in report.json.</p></body></html>"
+    )
     return "\n".join(parts) + "\n"

@@ -15,10 +15,28 @@ from .artifact import atomic_write_text
 
 # What the report writers (report.py, report_html.py) and the scoring of new artifacts read from
 # a cached row; "?" marks a field that may be null, "~" one that may also be absent (Keras's row has no float layers).
-_ROW = {"name": "str", "backend": "str", "precision": "str", "images": "int", "top1": "num", "top5": "num",
-        "drop_pp": "num", "top5_drop_pp": "num", "ratio": "num?", "meets_mlperf_99": "bool?", "agreement": "num",
-        "flipped": "int", "size_bytes": "int?", "per_class": "dict", "flips_per_class": "dict", "latency": "dict",
-        "cpu_warning": "str?", "float_layers": "list~", "float_mac_share": "num~", "max_drop_pp": "num~"}
+_ROW = {
+    "name": "str",
+    "backend": "str",
+    "precision": "str",
+    "images": "int",
+    "top1": "num",
+    "top5": "num",
+    "drop_pp": "num",
+    "top5_drop_pp": "num",
+    "ratio": "num?",
+    "meets_mlperf_99": "bool?",
+    "agreement": "num",
+    "flipped": "int",
+    "size_bytes": "int?",
+    "per_class": "dict",
+    "flips_per_class": "dict",
+    "latency": "dict",
+    "cpu_warning": "str?",
+    "float_layers": "list~",
+    "float_mac_share": "num~",
+    "max_drop_pp": "num~",
+}
 _ARTIFACT_ROW = {"path": "str", "target": "str"}
 _LATENCY = {"p50_ms": "num", "p90_ms": "num", "samples_ms": "list"}
 _CLASS = {"images": "int", "top1": "num", "drop_pp": "num"}
@@ -40,8 +58,14 @@ def _is(value, kind: str) -> bool:
     return isinstance(value, types) and not (kind == "int" and isinstance(value, bool))
 
 
-_WORDS = {"str": "a string", "num": "a finite number", "int": "a whole number", "bool": "true or false",
-          "dict": "an object", "list": "a list"}
+_WORDS = {
+    "str": "a string",
+    "num": "a finite number",
+    "int": "a whole number",
+    "bool": "true or false",
+    "dict": "an object",
+    "list": "a list",
+}
 
 
 def _fields(obj, spec: dict[str, str], where: str) -> str | None:

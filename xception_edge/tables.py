@@ -32,8 +32,14 @@ def conversion_table(results, title: str = "Conversions") -> None:
     Console().print(t)
     for r in results:
         if r.drop_pp is not None:
-            kept = (f"{len(r.float_layers)} layer(s) kept in float ({100 * r.float_mac_share:.1f}% of MACs): "
-                    f"{', '.join(r.float_layers)}") if r.float_layers else "no layer kept in float"
+            kept = (
+                (
+                    f"{len(r.float_layers)} layer(s) kept in float ({100 * r.float_mac_share:.1f}% of MACs): "
+                    f"{', '.join(r.float_layers)}"
+                )
+                if r.float_layers
+                else "no layer kept in float"
+            )
             Console().print(f"{r.target}: top-1 drop {r.drop_pp:.2f} pp on the validation images; {kept}", highlight=False)
     for r in results:
         if not r.ok:
@@ -45,8 +51,9 @@ def targets_table(profiles) -> None:
     for col in ("name", "backend", "precision", "in/out", "hardware", "description"):
         t.add_column(col, no_wrap=col != "description")
     for p in profiles:
-        t.add_row(p.name, p.backend, p.precision.value, f"{p.input_dtype.value}/{p.output_dtype.value}",
-                  p.hardware, p.description)
+        t.add_row(
+            p.name, p.backend, p.precision.value, f"{p.input_dtype.value}/{p.output_dtype.value}", p.hardware, p.description
+        )
     Console().print(t)
 
 

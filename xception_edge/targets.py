@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import BadInput
-from .types import DType, GateSpec, Precision, QuantSpec, TargetProfile, VerifySpec
+from .profiles import DType, GateSpec, Precision, QuantSpec, TargetProfile, VerifySpec
 
 _SECTIONS = {"quantization": QuantSpec, "verify": VerifySpec, "gates": GateSpec}
 _ENUMS = {"precision": Precision, "input_dtype": DType, "output_dtype": DType}
@@ -110,8 +110,11 @@ def profile_from_dict(data: dict, where: str | Path) -> TargetProfile:
     if not isinstance(data, dict):
         raise BadInput(f"{where}: the profile record must be a table, got {type(data).__name__}")
     source = str(data.get("source") or where)
-    data = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
-            for k, v in data.items() if k != "source" and v is not None}
+    data = {
+        k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
+        for k, v in data.items()
+        if k != "source" and v is not None
+    }
     return _from_data(data, Path(where), source)
 
 
@@ -163,7 +166,7 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
     if spec.check_profile is not None:
         spec.check_profile(p, path)
     if p.precision is not Precision.INT8 and (p.input_dtype is not DType.FLOAT32 or p.output_dtype is not DType.FLOAT32):
-        raise BadInput(f"{path}: input/output dtype other than float32 needs precision = \"int8\"")
+        raise BadInput(f'{path}: input/output dtype other than float32 needs precision = "int8"')
     if not 0.0 <= p.verify.min_agreement <= 1.0:
         raise BadInput(f"{path}: [verify] min_agreement must be within 0..1, got {p.verify.min_agreement}")
     if p.verify.num_images < 1:
@@ -183,7 +186,9 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
     if not 0.0 <= q.max_float_mac_share <= 1.0:
         raise BadInput(f"{path}: [quantization] max_float_mac_share must be within 0..1, got {q.max_float_mac_share!r}")
     if q.subset_size is not None and (not isinstance(q.subset_size, int) or q.subset_size < 1):
-        raise BadInput(f"{path}: [quantization] subset_size must be a positive integer (or left out for all images), got {q.subset_size!r}")
+        raise BadInput(
+            f"{path}: [quantization] subset_size must be a positive integer (or left out for all images), got {q.subset_size!r}"
+        )
     from .gates import check_limits  # the one validator of gate limits (finite; ratios and agreements within 0..1)
 
     check_limits(dataclasses.asdict(p.gates), f"{path}: [gates]")

@@ -50,7 +50,9 @@ def is_undecided(reference: np.ndarray) -> bool:
     return float(reference.max(-1).mean()) < 1.5 / reference.shape[-1]
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, floor: float, images_from: str, tie_tolerance: float = 0.0) -> VerifyResult:
+def compare(
+    reference: np.ndarray, candidate: np.ndarray, floor: float, images_from: str, tie_tolerance: float = 0.0
+) -> VerifyResult:
     if reference.shape != candidate.shape:
         raise ValueError(f"output shapes differ: source {reference.shape}, artifact {candidate.shape}")
     if len(reference) == 0:

@@ -40,9 +40,7 @@ DEMO = DemoConfig()
 # For tests: ~55 s to build on two cores, val top-1 85%. With 40 images a class it overfitted
 # (val top-1 49%): its thin margins put int8 agreement at 86-89% on an AVX2 host, at the 90%
 # verification floor; with 80 a class every int8 target verifies at ~98% (AMD EPYC, AVX2).
-TINY = DemoConfig(
-    name="tiny", train_per_class=80, val_per_class=10, input_size=72, epochs=10, middle_blocks=1
-)
+TINY = DemoConfig(name="tiny", train_per_class=80, val_per_class=10, input_size=72, epochs=10, middle_blocks=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +75,14 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _dataset_matches(data: Path, config: DemoConfig) -> bool:
     meta = _read_json(data / "dataset.json") or {}
-    return meta.get("version") == DATASET_VERSION and meta.get("seed") == config.seed and (
-        meta.get("image_size") == config.image_size
-        and meta.get("per_class", {}).get("train") == config.train_per_class
-        and meta.get("per_class", {}).get("val") == config.val_per_class
+    return (
+        meta.get("version") == DATASET_VERSION
+        and meta.get("seed") == config.seed
+        and (
+            meta.get("image_size") == config.image_size
+            and meta.get("per_class", {}).get("train") == config.train_per_class
+            and meta.get("per_class", {}).get("val") == config.val_per_class
+        )
     )
 
 
@@ -96,8 +98,11 @@ def ensure_demo(cache_dir: Path | None = None, *, config: DemoConfig = DEMO) -> 
     root = Path(cache_dir or default_cache_dir()) / folder
     paths = DemoPaths(root, root / "data", root / "model.keras", CLASS_NAMES, {})
     stats = _read_json(root / "stats.json")
-    if stats and stats.get("config") == dataclasses.asdict(config) and paths.model.is_file() and (
-        _dataset_matches(paths.data, config)
+    if (
+        stats
+        and stats.get("config") == dataclasses.asdict(config)
+        and paths.model.is_file()
+        and (_dataset_matches(paths.data, config))
     ):
         console.info(f"using cached demo model {paths.model}")
         return dataclasses.replace(paths, stats=stats)
@@ -118,9 +123,7 @@ def ensure_demo(cache_dir: Path | None = None, *, config: DemoConfig = DEMO) -> 
         paths.data, paths.model, seed=config.seed, epochs=config.epochs, input_size=config.input_size,
         width=config.width, middle_blocks=config.middle_blocks,
     )  # fmt: skip
-    stats.update(
-        gen_seconds=round(gen_seconds, 2), labels=list(CLASS_NAMES), config=dataclasses.asdict(config)
-    )
+    stats.update(gen_seconds=round(gen_seconds, 2), labels=list(CLASS_NAMES), config=dataclasses.asdict(config))
     _write_json(root / "stats.json", stats)
     console.info(
         f"demo model: val top-1 {stats['val_top1']:.1%}, val_hard top-1 {stats['val_hard_top1']:.1%} "

@@ -13,9 +13,7 @@ from __future__ import annotations
 MIN_INPUT_SIZE = 71  # Keras Xception's minimum; the toolkit refuses smaller inputs
 
 
-def build_compact_xception(
-    input_size: int = 96, num_classes: int = 12, width: int = 8, middle_blocks: int = 4
-):
+def build_compact_xception(input_size: int = 96, num_classes: int = 12, width: int = 8, middle_blocks: int = 4):
     """Return an uncompiled ``keras.Model``: (None, s, s, 3) in [-1, 1] -> (None, num_classes) softmax.
 
     ``width`` is the channel count of ``block1_conv1`` (32 in full Xception); later stages
@@ -40,9 +38,7 @@ def build_compact_xception(
 
     def down_block(x, block, f1, f2, first_act=True):
         """Two separable convs + max-pool, with a strided 1x1-conv residual shortcut."""
-        residual = layers.Conv2D(
-            f2, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_residual"
-        )(x)
+        residual = layers.Conv2D(f2, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_residual")(x)
         residual = bn(f"block{block}_residual_bn")(residual)
         if first_act:
             x = layers.Activation("relu", name=f"block{block}_sepconv1_act")(x)

@@ -28,9 +28,7 @@ def load_split(data_root: Path, split: str, spec: PreprocessSpec) -> tuple[np.nd
     with console.progress(f"loading {split} images", len(paths)) as task:
         x, failed = load_images(paths, spec, on_progress=lambda done: task.update(done))
     if failed:
-        raise BadInput(
-            f"{len(failed)} demo image(s) failed to decode, e.g. {failed[0]}; delete the demo cache"
-        )
+        raise BadInput(f"{len(failed)} demo image(s) failed to decode, e.g. {failed[0]}; delete the demo cache")
     return x, labels
 
 

@@ -123,7 +123,9 @@ def harm(e: LayerError) -> float:
     the backend's tool (its weight and output rounding alone). Linear, not dB: going from 40 to
     30 dB adds far less noise than going from 20 to 10 dB."""
     added = _noise(e.sqnr_db) - _noise(e.input_sqnr_db) if e.input_sqnr_db is not None else 0.0
-    return max(added, _noise(e.own_sqnr_db), 0.0 if e.input_sqnr_db is not None or e.own_sqnr_db is not None else _noise(e.sqnr_db))
+    return max(
+        added, _noise(e.own_sqnr_db), 0.0 if e.input_sqnr_db is not None or e.own_sqnr_db is not None else _noise(e.sqnr_db)
+    )
 
 
 def blame(errors: list[LayerError], already_float=()) -> list[str]:

@@ -15,29 +15,44 @@ from .base import InspectContext
 from .layers import layer_parts
 
 
-def open_context(artifact: Path, model: str, calibration: Path, workdir: Path, *, num_images: int = 32,
-                 calibration_root: Path | None = None, unsafe_model: bool = False, source=None,
-                 decoded: dict | None = None) -> InspectContext:
+def open_context(
+    artifact: Path,
+    model: str,
+    calibration: Path,
+    workdir: Path,
+    *,
+    num_images: int = 32,
+    calibration_root: Path | None = None,
+    unsafe_model: bool = False,
+    source=None,
+    decoded: dict | None = None,
+) -> InspectContext:
     """Read the artifact, load ``model`` (or reuse ``source``), and decode the calibration sample
     the artifact was made with (same source, seed and count: a re-quantization reproduces it).
     ``decoded`` keeps decoded samples across the artifacts of one run, so each is decoded once."""
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     if manifest.get("precision") != "int8":
-        raise BadInput(f"{artifact} is a {manifest.get('precision')} artifact; inspect compares int8 artifacts with their fp32 source")
+        raise BadInput(
+            f"{artifact} is a {manifest.get('precision')} artifact; inspect compares int8 artifacts with their fp32 source"
+        )
     profile = profile_from_dict(manifest["profile"], artifact / "manifest.json")
     cal = manifest.get("calibration") or {}
     src = source or load_source(model, unsafe=unsafe_model)
     made_from = (manifest.get("source_model") or {}).get("sha256")
     if made_from and src.sha256 != made_from:
-        raise BadInput(f"--model {model} (sha256 {src.sha256[:12]}…) is not the model {artifact} was converted from "
-                       f"({manifest['source_model'].get('spec')}, sha256 {made_from[:12]}…); pass that model")
+        raise BadInput(
+            f"--model {model} (sha256 {src.sha256[:12]}…) is not the model {artifact} was converted from "
+            f"({manifest['source_model'].get('spec')}, sha256 {made_from[:12]}…); pass that model"
+        )
     if src.keras_model is None:
         raise BadInput(f"--model {model} is a SavedModel without Keras layers; inspect needs the .keras/.h5 file to name layers")
     spec = PreprocessSpec.from_dict(manifest["preprocessing"])
     if (src.height, src.width) != (spec.height, spec.width):
-        raise BadInput(f"--model {model} takes {src.height}x{src.width} images but {artifact} was converted at "
-                       f"{spec.height}x{spec.width}; pass the model the artifact was converted from")
+        raise BadInput(
+            f"--model {model} takes {src.height}x{src.width} images but {artifact} was converted at "
+            f"{spec.height}x{spec.width}; pass the model the artifact was converted from"
+        )
     key = (spec, int(cal.get("count") or 300), int(cal.get("seed") or 0))
     decoded = {} if decoded is None else decoded
     if key not in decoded:
@@ -46,7 +61,9 @@ def open_context(artifact: Path, model: str, calibration: Path, workdir: Path, *
     if cal.get("list_sha256") and calib.summary()["list_sha256"] != cal["list_sha256"]:
         from .. import console
 
-        console.warn(f"{calibration} does not give the calibration sample {artifact.name} was made with "
-                     "(different images); a backend that re-quantizes to inspect measures a slightly different model")
+        console.warn(
+            f"{calibration} does not give the calibration sample {artifact.name} was made with "
+            "(different images); a backend that re-quantizes to inspect measures a slightly different model"
+        )
     n = max(1, min(num_images, len(calib)))
     return InspectContext(artifact, manifest, profile, src, calib, calib.images[:n], Path(workdir), layer_parts(src.keras_model))

@@ -10,8 +10,6 @@ import math
 
 from ..model_io import _all_layers
 
-WEIGHTED = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Dense")
-
 
 @dataclasses.dataclass(frozen=True)
 class LayerPart:

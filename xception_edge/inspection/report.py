@@ -17,8 +17,16 @@ def _f(x, spec=".1f") -> str:
 
 
 def cells(rank: int, e: dict) -> list[str]:
-    return [str(rank), e["layer"] or "?", e["kind"], _f(e["sqnr_db"]), _f(e["added_db"]), _f(e["own_sqnr_db"]),
-            f"{100 * e['mac_share']:.2f}%", e["node"][:60]]
+    return [
+        str(rank),
+        e["layer"] or "?",
+        e["kind"],
+        _f(e["sqnr_db"]),
+        _f(e["added_db"]),
+        _f(e["own_sqnr_db"]),
+        f"{100 * e['mac_share']:.2f}%",
+        e["node"][:60],
+    ]
 
 
 def worst(a: dict, n: int) -> list[dict]:
@@ -32,14 +40,19 @@ def print_inspect(result: dict, top: int) -> None:
 
     con = Console()
     for a in result["artifacts"]:
-        t = Table(title=f"{a['target']}: worst {min(top, len(a['layers']))} of {len(a['layers'])} layers by SQNR "
-                        f"({a['images']} images; {a['tool']})")
+        t = Table(
+            title=f"{a['target']}: worst {min(top, len(a['layers']))} of {len(a['layers'])} layers by SQNR "
+            f"({a['images']} images; {a['tool']})"
+        )
         for i, col in enumerate(COLUMNS):
             t.add_column(col, justify="right" if i in (0, 3, 4, 5, 6) else "left")
         for i, e in enumerate(worst(a, top), 1):
             t.add_row(*cells(i, e))
         con.print(t)
-        con.print(f"  • most harmful (most noise added; kept in float first by --max-drop): {', '.join(a['blame'][:5]) or '—'}", highlight=False)
+        con.print(
+            f"  • most harmful (most noise added; kept in float first by --max-drop): {', '.join(a['blame'][:5]) or '—'}",
+            highlight=False,
+        )
         if a["float_layers"]:
             con.print(f"  • kept in float by the profile: {', '.join(a['float_layers'])}", highlight=False)
         if a["unmatched_weighted_layers"]:
@@ -47,16 +60,30 @@ def print_inspect(result: dict, top: int) -> None:
 
 
 def markdown(result: dict, top: int) -> str:
-    lines = [f"# Per-layer quantization error: {result['model']}", "",
-             f"Calibration: `{result['calibration']}`. SQNR = 10·log10(Σfp32² / Σ(fp32 − int8)²) at each layer's output, "
-             "both models fed the same images; *lost here* = SQNR at the layer's input minus at its output; "
-             "*own* = the layer's error on its own, from the backend's tool. The most harmful layers add the most "
-             "noise relative to their signal: the larger of the noise added across the layer and its own.", ""]
+    lines = [
+        f"# Per-layer quantization error: {result['model']}",
+        "",
+        f"Calibration: `{result['calibration']}`. SQNR = 10·log10(Σfp32² / Σ(fp32 − int8)²) at each layer's output, "
+        "both models fed the same images; *lost here* = SQNR at the layer's input minus at its output; "
+        "*own* = the layer's error on its own, from the backend's tool. The most harmful layers add the most "
+        "noise relative to their signal: the larger of the noise added across the layer and its own.",
+        "",
+    ]
     for a in result["artifacts"]:
-        lines += [f"## {a['target']} ({a['backend']})", "", f"{a['images']} images, {a['tool']}, {a['seconds']} s.", "",
-                  "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += [
+            f"## {a['target']} ({a['backend']})",
+            "",
+            f"{a['images']} images, {a['tool']}, {a['seconds']} s.",
+            "",
+            "| " + " | ".join(COLUMNS) + " |",
+            "|" + "---|" * len(COLUMNS),
+        ]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(i, e)) + " |" for i, e in enumerate(worst(a, top), 1)]
-        lines += ["", f"Most harmful layers (kept in float first by `convert --max-drop`): {', '.join(a['blame'][:5]) or '—'}", ""]
+        lines += [
+            "",
+            f"Most harmful layers (kept in float first by `convert --max-drop`): {', '.join(a['blame'][:5]) or '—'}",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -91,8 +118,10 @@ def plot(result: dict, marked: int = 3) -> str:
         ax.grid(alpha=0.3)
         _label_points(fig, ax, [(e["order"], e["sqnr_db"], {"name": layer}) for layer, e in worst.items()])
     axes[-1, 0].set_xlabel("layer (network order)")
-    fig.suptitle(f"SQNR vs fp32 along the network (higher is better; dots: depthwise; circled: the {marked} most harmful layers)",
-                 fontsize=10)
+    fig.suptitle(
+        f"SQNR vs fp32 along the network (higher is better; dots: depthwise; circled: the {marked} most harmful layers)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return _png(fig)
 
@@ -101,16 +130,21 @@ def html(result: dict, top: int) -> str:
     from ..report_html import _CSS
 
     e = _html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>inspect: {e(result['model'])}</title><style>{_CSS}</style>",
-             f"<h1>Per-layer quantization error</h1><p class='note'>Model <code>{e(result['model'])}</code>, calibration "
-             f"<code>{e(result['calibration'])}</code>, host {e(str(result['host'].get('cpu', '')))}.</p>",
-             f"<img alt='SQNR along the network' src='{plot(result)}'>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>inspect: {e(result['model'])}</title><style>{_CSS}</style>",
+        f"<h1>Per-layer quantization error</h1><p class='note'>Model <code>{e(result['model'])}</code>, calibration "
+        f"<code>{e(result['calibration'])}</code>, host {e(str(result['host'].get('cpu', '')))}.</p>",
+        f"<img alt='SQNR along the network' src='{plot(result)}'>",
+    ]
     for a in result["artifacts"]:
         parts.append(f"<h2>{e(a['target'])} ({e(a['backend'])})</h2><p class='note'>{a['images']} images; {e(a['tool'])}.</p>")
         parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>")
         for i, row in enumerate(worst(a, top), 1):
-            parts.append("<tr>" + "".join(f"<td class='{'num' if j in (0, 3, 4, 5, 6) else ''}'>{e(c)}</td>"
-                                          for j, c in enumerate(cells(i, row))) + "</tr>")
+            parts.append(
+                "<tr>"
+                + "".join(f"<td class='{'num' if j in (0, 3, 4, 5, 6) else ''}'>{e(c)}</td>" for j, c in enumerate(cells(i, row)))
+                + "</tr>"
+            )
         parts.append(f"</table><p>Most harmful: {e(', '.join(a['blame'][:5]) or '—')}</p>")
     return "\n".join(parts) + "\n"
 

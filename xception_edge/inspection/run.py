@@ -19,6 +19,7 @@ from .context import open_context
 SCHEMA = "xception-edge/inspect"
 VERSION = 1
 
+
 @dataclasses.dataclass(frozen=True)
 class InspectRequest:
     artifacts: Path
@@ -72,12 +73,22 @@ def run_inspect(req: InspectRequest) -> dict:
     results, src, decoded = [], None, {}
     with tempfile.TemporaryDirectory(prefix="xception-edge-inspect-") as workdir:  # exports shared by every artifact
         for folder in folders:
-            ctx = open_context(folder, req.model, req.calibration, Path(workdir), num_images=req.num_images,
-                               calibration_root=req.calibration_root, unsafe_model=req.unsafe_model, source=src,
-                               decoded=decoded)
+            ctx = open_context(
+                folder,
+                req.model,
+                req.calibration,
+                Path(workdir),
+                num_images=req.num_images,
+                calibration_root=req.calibration_root,
+                unsafe_model=req.unsafe_model,
+                source=src,
+                decoded=decoded,
+            )
             src = ctx.source
-            console.info(f"[{ctx.manifest['target']}] inspecting {len(ctx.parts)} layers on {len(ctx.images)} images "
-                         f"({backend_module(ctx.manifest['backend']).TOOL})")
+            console.info(
+                f"[{ctx.manifest['target']}] inspecting {len(ctx.parts)} layers on {len(ctx.images)} images "
+                f"({backend_module(ctx.manifest['backend']).TOOL})"
+            )
             results.append(inspect_one(ctx))
     return {
         "schema": SCHEMA,
@@ -86,6 +97,6 @@ def run_inspect(req: InspectRequest) -> dict:
         "calibration": str(req.calibration),
         "host": host(),
         "xception_edge": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "artifacts": results,
     }

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..artifact import read_manifest
 from .base import Runtime
 
+
 def open_artifact(folder: str | Path, *, threads: int | None = None, manifest: dict | None = None) -> Runtime:
     from .. import backends
 

@@ -32,7 +32,7 @@ class TensorSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
+    def from_dict(cls, d: dict) -> TensorSpec:
         return cls(d["name"], d["dtype"], tuple(d["shape"]), float(d.get("scale", 0.0)), int(d.get("zero_point", 0)))
 
 

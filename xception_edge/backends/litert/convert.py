@@ -26,7 +26,7 @@ from ...calibration import CalibrationSet
 from ...errors import BadInput, ConversionFailed
 from ...model_io import SourceModel, _all_layers
 from ...runtime.base import TensorSpec
-from ...types import DType, Precision, TargetProfile
+from ...profiles import DType, Precision, TargetProfile
 from ...convert.base import ConvertedModel
 
 MODEL_FILE = "model.tflite"
@@ -49,7 +49,9 @@ def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | No
     with contextlib.ExitStack() as stack:
         on_image = None
         if precision is Precision.INT8 and calib is not None and len(calib):
-            on_image = stack.enter_context(console.progress(f"{profile.name}: calibrating on {len(calib)} images", total=len(calib))).advance
+            on_image = stack.enter_context(
+                console.progress(f"{profile.name}: calibrating on {len(calib)} images", total=len(calib))
+            ).advance
         converter = build_converter(src, profile, calib, workdir, on_image=on_image)
         if selective:
             debugger, kept = quantization_debugger(converter, profile, src)
@@ -132,7 +134,9 @@ def quantization_debugger(converter, profile: TargetProfile, src: SourceModel):
         try:
             debugger.options = options(denylisted_nodes=nodes, fully_quantize=fully)  # re-quantizes, no re-calibration
         except Exception as exc:
-            raise ConversionFailed(f"{profile.name}: re-quantizing with {', '.join(kept)} in float failed: {_first_line(exc)}") from None
+            raise ConversionFailed(
+                f"{profile.name}: re-quantizing with {', '.join(kept)} in float failed: {_first_line(exc)}"
+            ) from None
     return debugger, kept
 
 
@@ -160,7 +164,7 @@ def _check_io(profile: TargetProfile, inp: TensorSpec, out: TensorSpec, kept: di
         if spec.dtype != want:
             raise BadInput(
                 f"{profile.source or profile.name}: with {', '.join(kept)} kept in float the model's {what} stays {spec.dtype}, "
-                f"not {want}: a float layer reads the {what} directly; set {what}_dtype = \"int8\" or \"float32\", or quantize that layer"
+                f'not {want}: a float layer reads the {what} directly; set {what}_dtype = "int8" or "float32", or quantize that layer'
             )
 
 
@@ -172,7 +176,9 @@ def _check_integer(profile: TargetProfile, ops: dict, float_nodes: frozenset[str
     floated = {o["tensor"] for o in ops["ops"] if o["kept_float"]}
     missed = sorted(float_nodes - floated)
     if missed:
-        raise ConversionFailed(f"{profile.name}: the quantizer did not keep {len(missed)} denylisted op(s) in float: {', '.join(missed[:4])}")
+        raise ConversionFailed(
+            f"{profile.name}: the quantizer did not keep {len(missed)} denylisted op(s) in float: {', '.join(missed[:4])}"
+        )
 
 
 def resolve_ignored_scope(profile: TargetProfile, model: bytes | None, src: SourceModel) -> dict[str, list[str]]:
@@ -197,14 +203,20 @@ def resolve_ignored_scope(profile: TargetProfile, model: bytes | None, src: Sour
                 continue
             hosts = sorted({o.layer for o in ops if entry in o.refs and o.layer})
             into = f"it is fused into the op of {', '.join(hosts)}; name {hosts[0]}" if hosts else "name a layer with weights"
-            raise BadInput(f"{where} '{entry}' is a Keras {keras_layers[entry]} layer without an op of its own in the TFLite model: "
-                           f"{into} instead")
+            raise BadInput(
+                f"{where} '{entry}' is a Keras {keras_layers[entry]} layer without an op of its own in the TFLite model: "
+                f"{into} instead"
+            )
         elif model is None and "/" in entry:
             continue  # maybe a TFLite tensor name: checked once the model is converted
         else:
             pool = sorted(set(keras_layers) | set(owned))
             close = ([n for n in pool if entry in n] or difflib.get_close_matches(entry, pool, n=4, cutoff=0.5) or pool)[:4]
-            hint = "" if src.keras_model is not None else " (a SavedModel keeps no Keras layer names: name TFLite tensors, or convert the .keras file)"
+            hint = (
+                ""
+                if src.keras_model is not None
+                else " (a SavedModel keeps no Keras layer names: name TFLite tensors, or convert the .keras file)"
+            )
             names = f"; close layer names: {', '.join(close)}" if close else ""
             raise BadInput(f"{where} '{entry}' is not a layer of {src.spec}{hint}{names}")
     return out
@@ -214,11 +226,20 @@ def resolve_ignored_scope(profile: TargetProfile, model: bytes | None, src: Sour
 _WEIGHTED_KERAS = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Dense")
 _WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 _OP_KERAS = {  # non-weighted op -> the Keras layer classes it computes
-    "ADD": ("Add",), "MUL": ("Multiply",), "SUB": ("Subtract",), "CONCATENATION": ("Concatenate",),
-    "MAX_POOL_2D": ("MaxPooling2D",), "AVERAGE_POOL_2D": ("AveragePooling2D",),
-    "MEAN": ("GlobalAveragePooling2D",), "REDUCE_MAX": ("GlobalMaxPooling2D",),
-    "RELU": ("Activation", "ReLU"), "RELU6": ("Activation", "ReLU"), "LOGISTIC": ("Activation",),
-    "TANH": ("Activation",), "HARD_SWISH": ("Activation",), "SOFTMAX": ("Activation", "Softmax"),
+    "ADD": ("Add",),
+    "MUL": ("Multiply",),
+    "SUB": ("Subtract",),
+    "CONCATENATION": ("Concatenate",),
+    "MAX_POOL_2D": ("MaxPooling2D",),
+    "AVERAGE_POOL_2D": ("AveragePooling2D",),
+    "MEAN": ("GlobalAveragePooling2D",),
+    "REDUCE_MAX": ("GlobalMaxPooling2D",),
+    "RELU": ("Activation", "ReLU"),
+    "RELU6": ("Activation", "ReLU"),
+    "LOGISTIC": ("Activation",),
+    "TANH": ("Activation",),
+    "HARD_SWISH": ("Activation",),
+    "SOFTMAX": ("Activation", "Softmax"),
 }
 
 
@@ -263,7 +284,13 @@ def op_layers(interp, keras_model) -> list[OpLayer]:
             kind = layers[layer].__class__.__name__
             if kind == "SeparableConv2D":
                 part = f"{layer}/depthwise" if op["op_name"] == "DEPTHWISE_CONV_2D" else f"{layer}/pointwise"
-            elif kind in _WEIGHTED_KERAS or kind in ("Add", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+            elif kind in _WEIGHTED_KERAS or kind in (
+                "Add",
+                "MaxPooling2D",
+                "AveragePooling2D",
+                "GlobalAveragePooling2D",
+                "GlobalMaxPooling2D",
+            ):
                 part = layer
         out.append(OpLayer(int(op["index"]), op["op_name"], name, layer, part, refs, found.get(layer, name)))
     return out
@@ -351,11 +378,13 @@ def op_summary(path: Path, float_nodes: frozenset[str] = frozenset()) -> dict:
     for op in details:
         types = {np.dtype(t).name for t in list(op["operand_types"]) + list(op["result_types"])}
         boundary = (op["op_name"] == "QUANTIZE" and set(op["inputs"]) <= model_inputs) or (
-            op["op_name"] == "DEQUANTIZE" and set(op["outputs"]) <= model_outputs)
+            op["op_name"] == "DEQUANTIZE" and set(op["outputs"]) <= model_outputs
+        )
         integer = boundary or types <= _INTEGER_TYPES
         out_name = names.get(op["outputs"][0], "?") if len(op["outputs"]) else "?"
         around = (op["op_name"] == "QUANTIZE" and set(op["inputs"]) <= kept_out) or (
-            op["op_name"] == "DEQUANTIZE" and set(op["outputs"]) <= kept_in)
+            op["op_name"] == "DEQUANTIZE" and set(op["outputs"]) <= kept_in
+        )
         kept_float = not integer and (out_name in float_nodes or around)
         ops.append({"op": op["op_name"], "tensor": out_name, "integer": integer, "kept_float": kept_float})
         counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1

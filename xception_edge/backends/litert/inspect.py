@@ -40,7 +40,9 @@ _VERIFY_OP = "NumericVerify"
 def measure(ctx: InspectContext) -> list[LayerError]:
     keras_model = ctx.source.keras_model
     ctx.source.export_saved_model(ctx.workdir)  # cached per source
-    with console.progress(f"{ctx.profile.name}: calibrating the QuantizationDebugger on {len(ctx.calib)} images", total=len(ctx.calib)) as task:
+    with console.progress(
+        f"{ctx.profile.name}: calibrating the QuantizationDebugger on {len(ctx.calib)} images", total=len(ctx.calib)
+    ) as task:
         converter = build_converter(ctx.source, ctx.profile, ctx.calib, ctx.workdir, on_image=task.advance)
         debugger, _ = quantization_debugger(converter, ctx.profile, ctx.source)
     f_int = interpreter(debugger.calibrated_model, preserve_all_tensors=True)
@@ -49,7 +51,9 @@ def measure(ctx: InspectContext) -> list[LayerError]:
     own = own_sqnr(debugger, ctx.images, {o.tensor for o in f_ops})
     pairs = _pair_ops(f_ops, q_ops)
     if not pairs:
-        raise ConversionFailed(f"{ctx.artifact}: no op of the artifact matches the float model; was it converted from {ctx.source.spec}?")
+        raise ConversionFailed(
+            f"{ctx.artifact}: no op of the artifact matches the float model; was it converted from {ctx.source.spec}?"
+        )
     f_graph, q_graph = _Graph(f_int), _Graph(q_int)
     f_of_q = {q_graph.out[q.index]: f_graph.out[f.index] for q, f in pairs}
     f_of_q[q_graph.inputs[0]] = f_graph.inputs[0]
@@ -64,7 +68,9 @@ def measure(ctx: InspectContext) -> list[LayerError]:
         return q_tensor, f_tensor
 
     points = [(q, f, track(q_graph.out[q.index]), [k for k in map(track, q_graph.data_inputs(q.index)) if k]) for q, f in pairs]
-    with console.progress(f"{ctx.profile.name}: comparing every tensor of the fp32 and int8 models", total=len(ctx.images)) as task:
+    with console.progress(
+        f"{ctx.profile.name}: comparing every tensor of the fp32 and int8 models", total=len(ctx.images)
+    ) as task:
         for image in ctx.images:
             f_graph.run(image)
             q_graph.run(image)
@@ -74,13 +80,15 @@ def measure(ctx: InspectContext) -> list[LayerError]:
 
     out = []
     for q, f, key, ins in points:
-        out.append(LayerError(
-            node=f"{q.op} {q.scope}",
-            layer=q.part if q.part in ctx.parts else None,
-            sqnr_db=tracked[key].db(),
-            input_sqnr_db=min((tracked[k].db() for k in ins), default=None),
-            own_sqnr_db=own.get(f.tensor),
-        ))
+        out.append(
+            LayerError(
+                node=f"{q.op} {q.scope}",
+                layer=q.part if q.part in ctx.parts else None,
+                sqnr_db=tracked[key].db(),
+                input_sqnr_db=min((tracked[k].db() for k in ins), default=None),
+                own_sqnr_db=own.get(f.tensor),
+            )
+        )
     return out
 
 
@@ -114,11 +122,15 @@ def own_sqnr(debugger, images: np.ndarray, op_names: set[str]) -> dict[str, floa
         options = tf.lite.experimental.QuantizationDebugOptions(layer_direct_compare_metrics={"signal": signal, "noise": noise})
         try:
             run = tf.lite.experimental.QuantizationDebugger(
-                quant_debug_model_content=debugger.quant_model, debug_options=options,
-                debug_dataset=lambda: ([quantize(x[None], spec)] for x in images))
+                quant_debug_model_content=debugger.quant_model,
+                debug_options=options,
+                debug_dataset=lambda: ([quantize(x[None], spec)] for x in images),
+            )
             run.run()
         except Exception as exc:
-            raise ConversionFailed(f"TFLite QuantizationDebugger failed: {(str(exc).splitlines() or [exc.__class__.__name__])[0][:300]}") from None
+            raise ConversionFailed(
+                f"TFLite QuantizationDebugger failed: {(str(exc).splitlines() or [exc.__class__.__name__])[0][:300]}"
+            ) from None
     out = {}
     for key, stats in run.layer_statistics.items():  # "NumericVerify/<int8 tensor name>:<its index>"
         name = verified.get(int(key.rsplit(":", 1)[1]))

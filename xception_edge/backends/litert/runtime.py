@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import frameworks
-from ...errors import BadInput
+from ...errors import BadInput, first_line
 from ...runtime.base import Runtime
 
 
@@ -20,7 +20,7 @@ class LiteRTRuntime(Runtime):
             self.interpreter = Interpreter(model_path=str(model_path), num_threads=self.threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise BadInput(f"{model_path} cannot be loaded by LiteRT: {str(exc).splitlines()[0]}") from None
+            raise BadInput(f"{model_path} cannot be loaded by LiteRT: {first_line(exc)}") from None
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
 

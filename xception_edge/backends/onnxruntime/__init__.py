@@ -11,7 +11,9 @@ def check_profile(p, path) -> None:
         raise BadInput(f"{path}: onnxruntime int8 (QDQ) keeps float32 input and output; remove input_dtype/output_dtype")
     q = p.quantization
     if q.activation_dtype == "int8" and q.weight_dtype == "uint8":
-        raise BadInput(f"{path}: ONNX Runtime has no int8-activation x uint8-weight kernels; set [quantization] weight_dtype = \"int8\"")
+        raise BadInput(
+            f'{path}: ONNX Runtime has no int8-activation x uint8-weight kernels; set [quantization] weight_dtype = "int8"'
+        )
 
 
 SPEC = BackendSpec(

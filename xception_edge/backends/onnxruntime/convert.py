@@ -18,11 +18,11 @@ import numpy as np
 
 from ... import console, frameworks
 from ...calibration import CalibrationSet
-from ...errors import BadInput, ConversionFailed
+from ...errors import BadInput, ConversionFailed, first_line
 from ...hostinfo import cpu_flags
 from ...model_io import SourceModel, _all_layers
 from ...runtime.base import TensorSpec
-from ...types import Precision, QuantSpec, TargetProfile
+from ...profiles import Precision, QuantSpec, TargetProfile
 from ...convert.base import ConvertedModel
 
 MODEL_FILE = "model.onnx"
@@ -46,12 +46,13 @@ def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | No
         if calib is None or len(calib) == 0:
             raise ConversionFailed(f"{profile.name}: int8 needs calibration images; pass --calibration DIR")
         keras_layers = {layer.name for layer in _all_layers(src.keras_model)} if src.keras_model is not None else None
-        details["quantization"] = quantize_qdq(exported, out, calib, profile.quantization, profile.per_channel, workdir,
-                                               profile.name, keras_layers)
+        details["quantization"] = quantize_qdq(
+            exported, out, calib, profile.quantization, profile.per_channel, workdir, profile.name, keras_layers
+        )
     try:
         onnx.checker.check_model(str(out))
     except Exception as exc:
-        raise ConversionFailed(f"{profile.name}: the ONNX model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
+        raise ConversionFailed(f"{profile.name}: the ONNX model fails onnx.checker: {first_line(exc)}") from None
     model = onnx.load(str(out))
     summary = qdq_summary(model)
     if profile.precision is Precision.INT8:
@@ -60,13 +61,15 @@ def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | No
         details["quantization"]["u8s8_overflow_pairs"] = risk
         _check_saturation(profile, risk)
     inp, outp = io_specs(model)
-    details.update({
-        "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-        "exporter": _producer(onnx.load(str(exported), load_external_data=False)),
-        "producer": _producer(model),
-        "op_counts": summary["counts"],
-        "layout": "NHWC input (the Transpose to NCHW is inside the graph)",
-    })
+    details.update(
+        {
+            "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            "exporter": _producer(onnx.load(str(exported), load_external_data=False)),
+            "producer": _producer(model),
+            "op_counts": summary["counts"],
+            "layout": "NHWC input (the Transpose to NCHW is inside the graph)",
+        }
+    )
     tf2onnx = frameworks.tf2onnx()
     tools = {"tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
     return ConvertedModel(MODEL_FILE, inp, outp, tools, details)
@@ -86,7 +89,7 @@ def preprocessed(fp32: Path, workdir: Path) -> Path:
         try:
             shape_inference.quant_pre_process(str(fp32), str(tmp))
         except Exception as exc:
-            raise ConversionFailed(f"ONNX Runtime quant_pre_process failed: {str(exc).splitlines()[0][:300]}") from None
+            raise ConversionFailed(f"ONNX Runtime quant_pre_process failed: {first_line(exc)}") from None
         tmp.replace(pre)
     return pre
 
@@ -121,8 +124,16 @@ def _reader(oq, input_name: str, calib: CalibrationSet, task):
     return Reader()
 
 
-def quantize_qdq(fp32: Path, out: Path, calib: CalibrationSet, q: QuantSpec, per_channel: bool, workdir: Path, label: str,
-                 keras_layers: set[str] | None = None) -> dict:
+def quantize_qdq(
+    fp32: Path,
+    out: Path,
+    calib: CalibrationSet,
+    q: QuantSpec,
+    per_channel: bool,
+    workdir: Path,
+    label: str,
+    keras_layers: set[str] | None = None,
+) -> dict:
     """Static QDQ int8 of ``fp32`` into ``out``. Calibration ranges depend only on the model,
     the images and the method, so targets of one run that share them calibrate once (cache)."""
     oq = frameworks.ort_quantization()
@@ -140,7 +151,9 @@ def quantize_qdq(fp32: Path, out: Path, calib: CalibrationSet, q: QuantSpec, per
         reader = _reader(oq, input_name, calib, task)
         try:
             oq.quantize_static(
-                str(pre), str(out), reader,
+                str(pre),
+                str(out),
+                reader,
                 quant_format=oq.QuantFormat.QDQ,
                 per_channel=per_channel,
                 reduce_range=q.reduce_range,
@@ -152,7 +165,7 @@ def quantize_qdq(fp32: Path, out: Path, calib: CalibrationSet, q: QuantSpec, per
                 calibration_cache_path=str(cache),
             )
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise ConversionFailed(f"{label}: ONNX Runtime quantize_static failed: {str(exc).splitlines()[0][:300]}") from None
+            raise ConversionFailed(f"{label}: ONNX Runtime quantize_static failed: {first_line(exc)}") from None
     if not cached and reader.used != len(calib):
         raise ConversionFailed(f"{label}: calibration read {reader.used} of {len(calib)} images")
     return {
@@ -176,8 +189,11 @@ def _excluded_nodes(model, layers: tuple[str, ...], label: str, keras_layers: se
     seg_layer = segment_layers(names, set(keras_layers or ()) | set(layers))
     out = []
     for layer in layers:
-        hits = [n.name for n in model.graph.node
-                if any(seg_layer.get(s) == layer for name in [n.name, *n.input[1:]] for s in name.split("/"))]
+        hits = [
+            n.name
+            for n in model.graph.node
+            if any(seg_layer.get(s) == layer for name in [n.name, *n.input[1:]] for s in name.split("/"))
+        ]
         if not hits:
             raise BadInput(f"{label}: [quantization] ignored_scope names layer '{layer}', which is not in the model")
         out += [h for h in hits if h not in out]
@@ -210,7 +226,8 @@ def qdq_summary(model) -> dict:
     """Op counts, and the Conv/MatMul/Gemm nodes whose input or weight is not dequantized."""
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     float_compute = [
-        n.name for n in model.graph.node
+        n.name
+        for n in model.graph.node
         if n.op_type in _COMPUTE_OPS and any(producer.get(i) != "DequantizeLinear" for i in n.input[:2])
     ]
     counts = Counter(n.op_type for n in model.graph.node)
@@ -266,8 +283,10 @@ def _check_saturation(profile: TargetProfile, risk: dict) -> None:
     for CPUs without VNNI refuses weights that can saturate; other x86/any-CPU profiles warn."""
     if not risk["pairs"]:
         return
-    what = (f"{risk['pairs']} of {risk['of']} int8 weight pairs ({risk['fraction']:.1%}) can saturate the 16-bit sums "
-            "of ONNX Runtime's int8 kernels on x86 CPUs without VNNI (AVX2 only)")
+    what = (
+        f"{risk['pairs']} of {risk['of']} int8 weight pairs ({risk['fraction']:.1%}) can saturate the 16-bit sums "
+        "of ONNX Runtime's int8 kernels on x86 CPUs without VNNI (AVX2 only)"
+    )
     fix = "set [quantization] reduce_range = true (7-bit weights cannot saturate)"
     if profile.quantization.x86_without_vnni:
         raise ConversionFailed(f"{profile.name}: {what}, which this profile targets; {fix}")

@@ -87,8 +87,10 @@ def measure(ctx: InspectContext) -> list[LayerError]:
     fp_tensors = {t for n in fp.graph.node for t in [*n.input, *n.output]}
     missing = [f for p in points for f, _ in [p.out, *p.ins] if f not in fp_tensors]
     if missing:
-        raise ConversionFailed(f"{qdq_path}: tensor {missing[0]} has no counterpart in the fp32 export of the model; "
-                               "pass the --model the artifact was converted from")
+        raise ConversionFailed(
+            f"{qdq_path}: tensor {missing[0]} has no counterpart in the fp32 export of the model; "
+            "pass the --model the artifact was converted from"
+        )
     aug_q, aug_f = folder / "inspect.qdq.augmented.onnx", folder / "inspect.fp32.augmented.onnx"
     qd.modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
     qd.modify_model_output_intermediate_tensors(str(fp_path), str(aug_f))
@@ -100,13 +102,15 @@ def measure(ctx: InspectContext) -> list[LayerError]:
     for p in points:
         own = [qdq_err[p.out[0]].db()] if p.out[0] in qdq_err else []
         own += [weights[p.weight]] if p.weight in weights else []
-        out.append(LayerError(
-            node=p.node,
-            layer=p.layer,
-            sqnr_db=xmodel[p.out].db(),
-            input_sqnr_db=min(xmodel[i].db() for i in p.ins),
-            own_sqnr_db=_power_sum_db(own) if own else None,
-        ))
+        out.append(
+            LayerError(
+                node=p.node,
+                layer=p.layer,
+                sqnr_db=xmodel[p.out].db(),
+                input_sqnr_db=min(xmodel[i].db() for i in p.ins),
+                own_sqnr_db=_power_sum_db(own) if own else None,
+            )
+        )
     return out
 
 
@@ -225,7 +229,9 @@ def _points(g: _Qdq, fp, layers: set[str], parts: dict) -> list[_Point]:
         weight = g.source(n.input[1]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         layer = next((seg_layer[s] for name in [*weights, n.name] for s in name.split("/") if s in seg_layer), None)
         relu = result in fp_relu and g.producer[result] is n
-        out.append(_Point(n.name, _part(n, layer, parts), (result, g.read(result)), [(g.source(i), i) for i in data], weight, relu))
+        out.append(
+            _Point(n.name, _part(n, layer, parts), (result, g.read(result)), [(g.source(i), i) for i in data], weight, relu)
+        )
     return out
 
 
@@ -247,6 +253,7 @@ def _aligned_fp32(fp, g: _Qdq, where: Path):
     pair up in graph order by op type, attributes, paired inputs and weight shapes; the QDQ
     quantizer's only other change, dropping a Relu after a Conv (whose output then is the Relu's),
     pairs an fp32 Relu that has no QDQ twin with the tensor its input pairs with."""
+
     def key(n, inputs):
         attrs = tuple(sorted((a.name, a.SerializeToString()) for a in n.attribute))
         return n.op_type, attrs, tuple(inputs)

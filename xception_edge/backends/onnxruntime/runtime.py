@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import frameworks
-from ...errors import BadInput
+from ...errors import BadInput, first_line
 from ...hostinfo import cpu_flags
 from ...runtime.base import Runtime
 
@@ -31,8 +31,10 @@ def saturating_host(manifest: dict) -> str | None:
         return None
     if platform.machine().lower() not in _X86 or {"avx512_vnni", "avx_vnni"} & set(cpu_flags()):
         return None
-    return ("QDQ reference (unfused): this x86 host has no VNNI, and its fused int8 kernels saturate where "
-            f"the {hw} device's do not; latency here is not the device's")
+    return (
+        "QDQ reference (unfused): this x86 host has no VNNI, and its fused int8 kernels saturate where "
+        f"the {hw} device's do not; latency here is not the device's"
+    )
 
 
 def make_session(model_path: str | Path, threads: int, *, fuse: bool = True):
@@ -50,7 +52,7 @@ def make_session(model_path: str | Path, threads: int, *, fuse: bool = True):
     try:
         return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-        text = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
+        text = first_line(exc)
         raise BadInput(f"{model_path} cannot be loaded by ONNX Runtime {ort.__version__}: {text}") from None
 
 

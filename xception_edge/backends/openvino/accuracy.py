@@ -22,11 +22,28 @@ def try_accuracy_control(profile, max_drop, validation, parts, build, stage: Pat
     drop = drop_pp(validation, runtime)
     layers = list(profile.quantization.ignored_scope) + manifest["conversion"]["nncf"]["accuracy_control"]["float_layers"]
     share = float_mac_share(parts, layers)
-    attempts.append({"method": "nncf.quantize_with_accuracy_control", "float_layers": layers,
-                     "float_mac_share": round(share, 6), "drop_pp": round(drop, 3)})
-    console.info(f"[{profile.name}] NNCF accuracy control: {len(layers)} layer(s) in float ({share:.1%} of MACs): "
-                 f"top-1 drop {drop:.2f} pp")
+    attempts.append(
+        {
+            "method": "nncf.quantize_with_accuracy_control",
+            "float_layers": layers,
+            "float_mac_share": round(share, 6),
+            "drop_pp": round(drop, 3),
+        }
+    )
+    console.info(
+        f"[{profile.name}] NNCF accuracy control: {len(layers)} layer(s) in float ({share:.1%} of MACs): top-1 drop {drop:.2f} pp"
+    )
     if drop <= max_drop and share <= profile.quantization.max_float_mac_share:
-        return manifest, result, {**record, "method": "nncf.quantize_with_accuracy_control", "drop_pp": round(drop, 3),
-                                  "float_layers": layers, "float_mac_share": round(share, 6), "attempts": attempts}
+        return (
+            manifest,
+            result,
+            {
+                **record,
+                "method": "nncf.quantize_with_accuracy_control",
+                "drop_pp": round(drop, 3),
+                "float_layers": layers,
+                "float_mac_share": round(share, 6),
+                "attempts": attempts,
+            },
+        )
     return None

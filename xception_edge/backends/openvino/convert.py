@@ -21,10 +21,10 @@ import numpy as np
 
 from ... import console, frameworks
 from ...calibration import CalibrationSet
-from ...errors import BadInput, ConversionFailed
+from ...errors import BadInput, ConversionFailed, first_line
 from ...model_io import SourceModel, _all_layers
 from ...runtime.base import TensorSpec
-from ...types import Precision, TargetProfile
+from ...profiles import Precision, TargetProfile
 from ...convert.base import ConvertedModel
 
 MODEL_FILE = "model.xml"
@@ -45,8 +45,15 @@ class AccuracyControl:
     max_drop_pp: float
 
 
-def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | None, stage: Path, workdir: Path,
-            *, accuracy_control: AccuracyControl | None = None) -> ConvertedModel:
+def convert(
+    src: SourceModel,
+    profile: TargetProfile,
+    calib: CalibrationSet | None,
+    stage: Path,
+    workdir: Path,
+    *,
+    accuracy_control: AccuracyControl | None = None,
+) -> ConvertedModel:
     ov = frameworks.openvino()
     precision = profile.precision
     if precision is Precision.INT8 and (calib is None or len(calib) == 0):
@@ -64,7 +71,7 @@ def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | No
     try:
         ov.save_model(model, str(stage / MODEL_FILE), compress_to_fp16=compress)
     except Exception as exc:
-        raise ConversionFailed(f"{profile.name}: openvino.save_model failed: {str(exc).splitlines()[0][:300]}") from None
+        raise ConversionFailed(f"{profile.name}: openvino.save_model failed: {first_line(exc)}") from None
     saved = ov.Core().read_model(str(stage / MODEL_FILE))
     details.update(weight_summary(saved))
     if precision is Precision.INT8 and details["fake_quantize_ops"] == 0:
@@ -111,8 +118,10 @@ def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: lis
 
     q = profile.quantization
     subset = min(q.subset_size or len(calib), len(calib))
-    advanced = AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(per_channel=profile.per_channel),
-                                              overflow_fix=OverflowFix(OVERFLOW_FIX[q.overflow_fix]))
+    advanced = AdvancedQuantizationParameters(
+        weights_quantization_params=QuantizationParameters(per_channel=profile.per_channel),
+        overflow_fix=OverflowFix(OVERFLOW_FIX[q.overflow_fix]),
+    )
     kwargs = {
         "preset": nncf.QuantizationPreset(q.preset),
         "subset_size": subset,
@@ -124,28 +133,43 @@ def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: lis
     with _nncf_progress_to_stderr():
         try:
             if accuracy_control is None:
-                console.info(f"[{profile.name}] NNCF int8 quantization: {q.preset} preset, statistics from {subset} calibration images")
+                console.info(
+                    f"[{profile.name}] NNCF int8 quantization: {q.preset} preset, statistics from {subset} calibration images"
+                )
                 quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
             else:
-                quantized = _with_accuracy_control(nncf, model, dataset, accuracy_control, profile.name,
-                                                   advanced_quantization_parameters=advanced, **kwargs)
+                quantized = _with_accuracy_control(
+                    nncf, model, dataset, accuracy_control, profile.name, advanced_quantization_parameters=advanced, **kwargs
+                )
         except ConversionFailed:
             raise
         except Exception as exc:
             what = "nncf.quantize" if accuracy_control is None else "nncf.quantize_with_accuracy_control"
-            raise ConversionFailed(f"{profile.name}: {what} failed: {str(exc).splitlines()[0][:300]}") from None
+            raise ConversionFailed(f"{profile.name}: {what} failed: {first_line(exc)}") from None
     details = {
-        "nncf": {"preset": q.preset, "subset_size": subset, "fast_bias_correction": q.fast_bias_correction,
-                 "per_channel_weights": profile.per_channel, "ignored_scope": ignored},
+        "nncf": {
+            "preset": q.preset,
+            "subset_size": subset,
+            "fast_bias_correction": q.fast_bias_correction,
+            "per_channel_weights": profile.per_channel,
+            "ignored_scope": ignored,
+        },
     }
     if accuracy_control is not None:
         op_layer = {op: layer for layer, ops in (layer_ops or {}).items() for op in ops}
-        reverted = [op.get_friendly_name() for op in quantized.get_ordered_ops()
-                    if op.get_type_name() in _WEIGHTED_OPS and weight_type(op) not in ("i8", "u8")
-                    and op.get_friendly_name() not in ignored]
+        reverted = [
+            op.get_friendly_name()
+            for op in quantized.get_ordered_ops()
+            if op.get_type_name() in _WEIGHTED_OPS
+            and weight_type(op) not in ("i8", "u8")
+            and op.get_friendly_name() not in ignored
+        ]
         layers = list(dict.fromkeys(op_layer[n] for n in reverted if n in op_layer))
-        details["nncf"]["accuracy_control"] = {"max_drop_pp": accuracy_control.max_drop_pp, "float_ops": reverted,
-                                               "float_layers": layers}
+        details["nncf"]["accuracy_control"] = {
+            "max_drop_pp": accuracy_control.max_drop_pp,
+            "float_ops": reverted,
+            "float_layers": layers,
+        }
     return quantized, details
 
 
@@ -163,15 +187,18 @@ def _with_accuracy_control(nncf, model, dataset, ac: AccuracyControl, name: str,
         return float(hits.mean()), [float(h) for h in hits]
 
     console.info(f"[{name}] nncf.quantize_with_accuracy_control: top-1 drop at most {ac.max_drop_pp:g} pp on {len(items)} images")
-    return nncf.quantize_with_accuracy_control(model, dataset, nncf.Dataset(items), validate, max_drop=ac.max_drop_pp / 100.0,
-                                               drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+    return nncf.quantize_with_accuracy_control(
+        model, dataset, nncf.Dataset(items), validate, max_drop=ac.max_drop_pp / 100.0, drop_type=nncf.DropType.ABSOLUTE, **kwargs
+    )
 
 
 def resolve_ignored_scope(profile: TargetProfile, model, layer_ops: dict[str, list[str]], src: SourceModel) -> list[str]:
     """Profile ignored_scope entries -> OpenVINO op names. An entry is a Keras layer with weights
     (matched to its ops) or an op name of the converted model; anything else is a BadInput."""
     op_names = {op.get_friendly_name() for op in model.get_ops()}
-    keras_layers = {layer.name: layer.__class__.__name__ for layer in _all_layers(src.keras_model)} if src.keras_model is not None else {}
+    keras_layers = (
+        {layer.name: layer.__class__.__name__ for layer in _all_layers(src.keras_model)} if src.keras_model is not None else {}
+    )
     out: list[str] = []
     for entry in profile.quantization.ignored_scope:
         if entry in layer_ops:
@@ -182,7 +209,9 @@ def resolve_ignored_scope(profile: TargetProfile, model, layer_ops: dict[str, li
             where = f"{profile.source or profile.name}: [quantization] ignored_scope entry '{entry}'"
             if entry in keras_layers:
                 prefix = entry.split("_")[0] + "_"
-                near = [n for n in layer_ops if n.startswith(prefix)] or difflib.get_close_matches(entry, list(layer_ops), n=4, cutoff=0.3)
+                near = [n for n in layer_ops if n.startswith(prefix)] or difflib.get_close_matches(
+                    entry, list(layer_ops), n=4, cutoff=0.3
+                )
                 raise BadInput(
                     f"{where} is a Keras {keras_layers[entry]} layer, which has no weights of its own in the OpenVINO model; "
                     f"name a Conv2D/SeparableConv2D/DepthwiseConv2D/Dense layer, e.g. {', '.join(near[:4] or sorted(layer_ops)[:4])}"
@@ -191,7 +220,11 @@ def resolve_ignored_scope(profile: TargetProfile, model, layer_ops: dict[str, li
             pool = sorted(set(layer_ops) | set(keras_layers) | set(weighted))
             close = [n for n in pool if entry in n] or difflib.get_close_matches(entry, pool, n=4, cutoff=0.5)
             close = (close or sorted(layer_ops) or weighted)[:4]
-            hint = "" if src.keras_model is not None else " (a SavedModel keeps no Keras layer names: name OpenVINO ops, or convert the .keras file)"
+            hint = (
+                ""
+                if src.keras_model is not None
+                else " (a SavedModel keeps no Keras layer names: name OpenVINO ops, or convert the .keras file)"
+            )
             raise BadInput(f"{where} is not a layer of {src.spec}{hint}; close layer names: {', '.join(close)}")
         out.extend(n for n in names if n not in out)
     return out
@@ -305,5 +338,7 @@ def io_specs(model) -> tuple[TensorSpec, TensorSpec]:
         return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()).name, shape)
 
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ConversionFailed(f"the OpenVINO model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; expected one of each")
+        raise ConversionFailed(
+            f"the OpenVINO model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; expected one of each"
+        )
     return spec(model.input(0)), spec(model.output(0))

@@ -17,6 +17,7 @@ the input quantization counts as the op's own error, as keeping the op in float
 ``own_sqnr_db``: the int8 op alone (its input FakeQuantizes, int8 weights, corrected bias) fed
 the fp32 model's input activations, against the fp32 op's output.
 """
+
 from __future__ import annotations
 
 from ... import console, frameworks
@@ -42,8 +43,11 @@ def measure(ctx: InspectContext) -> list[LayerError]:
     points = _match(fp, q, ctx.source.keras_model)
     _check_matched(ctx, points)
     pairs = _tap_ports(ctx, points)
-    config = {"INFERENCE_PRECISION_HINT": CPU_INFERENCE_PRECISION, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": int(ctx.profile.threads or 2)}
+    config = {
+        "INFERENCE_PRECISION_HINT": CPU_INFERENCE_PRECISION,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": int(ctx.profile.threads or 2),
+    }
     run_f = _runner(core, fp, [f for f, _ in pairs], config)
     run_q = _runner(core, q, [g for _, g in pairs], config)
     alone = [_op_alone(ov, core, p, config) for p in points]  # cuts q's graph: after run_q is compiled
@@ -55,20 +59,31 @@ def measure(ctx: InspectContext) -> list[LayerError]:
             a.add(r, t)
         for p, o, run in zip(points, own, alone):
             o.add(ref[p.out], run([ref[i] for i in p.ins]))
-    return [LayerError(node=p.node, layer=p.layer, sqnr_db=acc[p.out].db(),
-                       input_sqnr_db=min(acc[i].db() for i in p.ins) if p.ins else None, own_sqnr_db=o.db())
-            for p, o in zip(points, own)]
+    return [
+        LayerError(
+            node=p.node,
+            layer=p.layer,
+            sqnr_db=acc[p.out].db(),
+            input_sqnr_db=min(acc[i].db() for i in p.ins) if p.ins else None,
+            own_sqnr_db=o.db(),
+        )
+        for p, o in zip(points, own)
+    ]
 
 
 def _check_matched(ctx: InspectContext, points: list) -> None:
     found = {p.layer for p in points}
     if not any(p.f_op.get_type_name() in _WEIGHTED for p in points):
-        raise BadInput(f"{ctx.artifact}: no weighted op of the int8 IR carries a layer name of {ctx.source.spec}; "
-                       "pass the model the artifact was converted from")
+        raise BadInput(
+            f"{ctx.artifact}: no weighted op of the int8 IR carries a layer name of {ctx.source.spec}; "
+            "pass the model the artifact was converted from"
+        )
     missing = [name for name, part in ctx.parts.items() if part.weighted and name not in found]
     if missing:
-        console.warn(f"{ctx.artifact.name}: {len(missing)} Keras layer part(s) have no op in the int8 IR "
-                     f"and are not measured: {', '.join(missing[:6])}")
+        console.warn(
+            f"{ctx.artifact.name}: {len(missing)} Keras layer part(s) have no op in the int8 IR "
+            f"and are not measured: {', '.join(missing[:6])}"
+        )
 
 
 def _tap_ports(ctx: InspectContext, points: list) -> list[tuple]:
@@ -81,8 +96,10 @@ def _tap_ports(ctx: InspectContext, points: list) -> list[tuple]:
         key = (f_out.get_node().get_instance_id(), f_out.get_index())
         if key not in index:
             if f_out.get_partial_shape() != q_out.get_partial_shape():
-                raise BadInput(f"{ctx.artifact}: {q_out.get_node().get_friendly_name()} has shape {f_out.get_partial_shape()} in {ctx.source.spec} but "
-                               f"{q_out.get_partial_shape()} in the int8 IR; pass the model the artifact was converted from")
+                raise BadInput(
+                    f"{ctx.artifact}: {q_out.get_node().get_friendly_name()} has shape {f_out.get_partial_shape()} in {ctx.source.spec} but "
+                    f"{q_out.get_partial_shape()} in the int8 IR; pass the model the artifact was converted from"
+                )
             index[key] = len(pairs)
             pairs.append((f_out, q_out))
         return index[key]
@@ -107,13 +124,19 @@ class _Point:
 def _match(fp, q, keras_model) -> list[_Point]:
     f_consts, q_consts = _const_ids(fp), _const_ids(q)
     f_ops = {op.get_friendly_name(): op for op in fp.get_ordered_ops() if op.get_type_name() in _WEIGHTED}
-    points = [_Point(name, name, f_ops[name], op) for op in q.get_ordered_ops()
-              if op.get_type_name() in _WEIGHTED and (name := op.get_friendly_name()) in f_ops]
+    points = [
+        _Point(name, name, f_ops[name], op)
+        for op in q.get_ordered_ops()
+        if op.get_type_name() in _WEIGHTED and (name := op.get_friendly_name()) in f_ops
+    ]
     q_adds = _residual_adds(q, q_consts)
     f_adds = _pair(q_adds, _residual_adds(fp, f_consts))
     layers = _pair(q_adds, _keras_adds(keras_model))
-    points += [_Point(q_add.get_friendly_name(), layer, f_add, q_add)
-               for (_, q_add), f_add, layer in zip(q_adds, f_adds, layers) if f_add is not None]
+    points += [
+        _Point(q_add.get_friendly_name(), layer, f_add, q_add)
+        for (_, q_add), f_add, layer in zip(q_adds, f_adds, layers)
+        if f_add is not None
+    ]
     for p in points:
         p.data = _data_inputs(p.q_op, q_consts)
         p.f_out, p.q_out = _layer_output(p.f_op, f_consts), _layer_output(p.q_op, q_consts)
@@ -179,7 +202,9 @@ def _const_ids(model) -> set[int]:
     consts: set[int] = set()
     for op in model.get_ordered_ops():  # topological: inputs first
         inputs = [v.get_node().get_instance_id() for v in op.input_values()]
-        if op.get_type_name() == "Constant" or (inputs and op.get_type_name() != "Parameter" and all(i in consts for i in inputs)):
+        if op.get_type_name() == "Constant" or (
+            inputs and op.get_type_name() != "Parameter" and all(i in consts for i in inputs)
+        ):
             consts.add(op.get_instance_id())
     return consts
 

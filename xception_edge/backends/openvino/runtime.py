@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import frameworks
-from ...errors import BadInput
+from ...errors import BadInput, first_line
 from ...runtime.base import Runtime
 
 DEVICE = "CPU"
@@ -34,7 +34,7 @@ class OpenVINORuntime(Runtime):
             model = core.read_model(str(model_path))
             self.compiled = core.compile_model(model, self.device, self.config)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            first = first_line(exc)
             raise BadInput(f"{model_path} cannot be loaded by OpenVINO ({self.device}): {first[:300]}") from None
         try:
             hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin really runs

@@ -1,4 +1,4 @@
-"""Frozen dataclasses and string enums shared by every part of the toolkit."""
+"""Target profiles as frozen dataclasses and string enums (loaded from targets/*.toml by targets.py)."""
 
 from __future__ import annotations
 
