@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--targets", nargs="*", default=None)
     args = ap.parse_args()
 
-    from xception_edge.bench import run_bench
+    from xception_edge.benchmark import run_bench
     from xception_edge.hostinfo import host
     from xception_edge.targets import builtin_names
 

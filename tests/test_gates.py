@@ -233,7 +233,7 @@ def test_an_artifact_of_another_model_fails(tmp_path, value):
 def test_evaluate_records_an_unconfirmed_source_model_as_false(capsys):
     from pathlib import Path
 
-    from xception_edge.evaluate import Artifact, same_source_model
+    from xception_edge.evaluation import Artifact, same_source_model
 
     def art(manifest):
         return Artifact(Path("/arts/ov-int8"), manifest, "0" * 64)

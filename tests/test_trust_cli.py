@@ -223,8 +223,8 @@ def test_an_interrupt_swallowed_by_a_framework_still_stops_the_commit(tmp_path):
         try:
             with staged_dir(Path({str(tmp_path / "art")!r}), force=False) as s:
                 (s / 'model.tflite').write_bytes(b'x')
-                print('ready', flush=True)
                 try:  # what a swallowing framework does
+                    print('ready', flush=True)
                     time.sleep(30)
                 except BaseException:
                     pass

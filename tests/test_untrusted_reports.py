@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xception_edge.cli import cli
-from xception_edge.evaluate import KERAS, ResultStore
+from xception_edge.evaluation import KERAS, ResultStore
 
 LABELS = ["a", "b", "c"]
 KEY = "0123456789abcdef" * 4
@@ -373,7 +373,7 @@ def test_valid_resume_results_are_reused(tmp_path, capsys):
 
 def _render(result: dict, keras: bool) -> None:
     """What evaluate does with a reused result: score a new artifact against it and write the report."""
-    from xception_edge.evaluate import _compare
+    from xception_edge.evaluation import _compare
     from xception_edge.report import markdown
 
     report = full_report()

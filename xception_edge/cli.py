@@ -189,16 +189,15 @@ def convert(
     json_out,
 ):
     """Convert MODEL to every --target, verify each artifact, and write OUT/<target>/."""
+    from . import api
     from .artifact import check_output_file
-    from .model_io import KerasXceptionOptions
-    from .pipeline import ConvertRequest, run_convert
 
     check_output_file(json_out, "--json")
-    req = ConvertRequest(
-        model=model,
-        targets=tuple(targets),
-        out=out,
+    results = api.convert(
+        model,
+        targets,
         calibration=calibration,
+        out=out,
         calibration_root=calibration_root,
         num_calibration=num_calibration,
         seed=seed,
@@ -207,7 +206,9 @@ def convert(
         labels=labels,
         force=force,
         unsafe_model=unsafe_model,
-        xception=KerasXceptionOptions(weights=weights, input_size=input_size, num_classes=num_classes),
+        weights=weights,
+        input_size=input_size,
+        num_classes=num_classes,
         resize=resize,
         crop_fraction=crop_fraction,
         interpolation=interpolation,
@@ -215,7 +216,6 @@ def convert(
         validation=validation,
         strict=strict,
     )
-    results = run_convert(req)
     _report_conversions(results, json_out)
     if not all(r.ok for r in results):
         raise click.exceptions.Exit(1)
@@ -280,19 +280,12 @@ def demo(out, cache, report, json_out, tiny):
 @click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
 def bench(artifact, runs, warmup, threads, data, reference, json_out):
     """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this device."""
+    from . import api
     from .artifact import check_output_file
-    from .bench import print_bench, run_bench
-    from .errors import BadInput
+    from .benchmark import print_bench
 
-    if threads is not None and threads < 1:
-        raise BadInput(f"--threads {threads} must be at least 1")
-    if reference is not None and data is None:
-        raise BadInput(
-            f"--reference {reference} compares predictions on images: add --data DIR (the images the "
-            "reference was made on), or drop --reference"
-        )
     check_output_file(json_out, "--json")
-    result = run_bench(artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference)
+    result = api.bench(artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference)
     if json_out:
         _emit_json(result, json_out)
     if json_out != "-":
@@ -345,23 +338,21 @@ def bench(artifact, runs, warmup, threads, data, reference, json_out):
 def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, json_out):
     """Compare the Keras fp32 model and every artifact on the same labelled images: top-1/top-5,
     drop vs fp32, agreement, flips per class, latency, size; writes OUT/report.{json,md,html}."""
+    from . import api
     from .artifact import check_output_file
-    from .evaluate import EvaluateRequest, run_evaluate
     from .report import print_report
 
     check_output_file(json_out, "--json")
-    result = run_evaluate(
-        EvaluateRequest(
-            model=model,
-            artifacts=artifacts,
-            data=data,
-            report=report,
-            resume=resume,
-            runs=runs,
-            warmup=warmup,
-            decode_threads=decode_threads,
-            unsafe_model=unsafe_model,
-        )
+    result = api.evaluate(
+        model,
+        artifacts,
+        data,
+        report=report,
+        resume=resume,
+        runs=runs,
+        warmup=warmup,
+        decode_threads=decode_threads,
+        unsafe_model=unsafe_model,
     )
     if json_out:
         _emit_json(result, json_out)
@@ -390,13 +381,13 @@ def gate(report, gates_file, junit, json_out):
     import dataclasses
 
     from .artifact import atomic_write_text, check_output_file
-    from .gates import describe, evaluate_gates, junit_xml, load_gates_file, load_report, table_rows
+    from . import api
+    from .gates import describe, junit_xml, load_report, table_rows
 
     check_output_file(junit, "--junit")  # before any work: a folder or an unwritable place is bad input
     check_output_file(json_out, "--json")
     data = load_report(report)
-    overrides = load_gates_file(gates_file) if gates_file is not None else {}
-    results = evaluate_gates(data, overrides)
+    results = api.gate(data, gates=gates_file)
     if junit is not None:
         atomic_write_text(junit, junit_xml(results))
     if json_out:
@@ -445,28 +436,22 @@ def gate(report, gates_file, junit, json_out):
 def inspect(artifacts, model, calibration, calibration_root, num_images, top, report, unsafe_model, json_out):
     """Per-layer quantization error of each int8 artifact in ARTIFACTS (one artifact folder or the
     --out folder of convert): SQNR vs fp32, layer type and MAC share, worst first."""
-    from .artifact import check_output_file, output_lock
-    from .inspection.report import print_inspect, write_inspect
-    from .inspection.run import InspectRequest, run_inspect
+    from . import api
+    from .artifact import check_output_file
+    from .inspection.report import print_inspect
 
-    if top < 1:
-        from .errors import BadInput
-
-        raise BadInput(f"--top {top} must be at least 1")
     check_output_file(json_out, "--json")
-    with output_lock(report, "--report"):
-        result = run_inspect(
-            InspectRequest(
-                artifacts=artifacts,
-                model=model,
-                calibration=calibration,
-                calibration_root=calibration_root,
-                num_images=num_images,
-                unsafe_model=unsafe_model,
-            )
-        )
-        files = write_inspect(result, report, top)
-    result["files"] = {k: str(v) for k, v in files.items()}
+    result = api.inspect(
+        artifacts,
+        model,
+        calibration,
+        calibration_root=calibration_root,
+        num_images=num_images,
+        top=top,
+        report=report,
+        unsafe_model=unsafe_model,
+    )
+    files = result["files"]
     if json_out:
         _emit_json(result, json_out)
     if json_out != "-":

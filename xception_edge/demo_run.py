@@ -22,7 +22,7 @@ def demo_calibration_list() -> Path:
 
 def run_demo(out: Path, cache: Path | None, json_out: str | None, *, tiny: bool = False, report: Path | None = None) -> None:
     from .demo import DEMO, TINY, ensure_demo
-    from .evaluate import EvaluateRequest, run_evaluate
+    from .evaluation import EvaluateRequest, run_evaluate
     from .pipeline import ConvertRequest, run_convert
     from .report import print_report
     from .tables import conversion_table

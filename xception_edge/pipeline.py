@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__, console, interrupts
 from .artifact import check_writable_dir, child_dir, output_lock, staged_dir, write_manifest
 from .calibration import CalibrationSet, ImageSource, build_calibration, open_source, sample_order
-from .convert import converter_for
+from .converters import converter_for
 from .errors import BadInput, VerificationFailed, XceptionEdgeError
 from .hostinfo import host
 from .model_io import KERAS_XCEPTION, KerasXceptionOptions, SourceModel, check_xception_options, load_source, resolve_labels

@@ -32,7 +32,7 @@ class InspectRequest:
 
 def int8_artifacts(root: Path) -> list[Path]:
     """ROOT when it is an artifact, else its int8 sub-folders (other precisions have nothing to inspect)."""
-    from ..evaluate import discover_artifacts
+    from ..evaluation import discover_artifacts
 
     arts = discover_artifacts(Path(root))
     int8 = [a.folder for a in arts if a.manifest.get("precision") == "int8"]

@@ -27,7 +27,7 @@ from ...errors import BadInput, ConversionFailed
 from ...model_io import SourceModel, _all_layers
 from ...runtime.base import TensorSpec
 from ...profiles import DType, Precision, TargetProfile
-from ...convert.base import ConvertedModel
+from ...converters.base import ConvertedModel
 
 MODEL_FILE = "model.tflite"
 _INTEGER_TYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}

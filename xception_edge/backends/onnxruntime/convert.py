@@ -23,7 +23,7 @@ from ...hostinfo import cpu_flags
 from ...model_io import SourceModel, _all_layers
 from ...runtime.base import TensorSpec
 from ...profiles import Precision, QuantSpec, TargetProfile
-from ...convert.base import ConvertedModel
+from ...converters.base import ConvertedModel
 
 MODEL_FILE = "model.onnx"
 OPSET = 17

@@ -25,7 +25,7 @@ from ...errors import BadInput, ConversionFailed, first_line
 from ...model_io import SourceModel, _all_layers
 from ...runtime.base import TensorSpec
 from ...profiles import Precision, TargetProfile
-from ...convert.base import ConvertedModel
+from ...converters.base import ConvertedModel
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"

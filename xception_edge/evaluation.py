@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__, console
 from .accuracy import accuracy_report, agreement
 from .artifact import MANIFEST, output_lock, read_manifest
-from .bench import cpu_mismatch, measure_latency, model_bytes
+from .benchmark import cpu_mismatch, measure_latency, model_bytes
 from .calibration import sha256_file
 from .dataset import LabelledImages, labelled_images
 from .errors import BadInput

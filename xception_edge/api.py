@@ -1,0 +1,177 @@
+"""The public Python API, the one the command line is a thin layer over:
+
+    import xception_edge as xe
+
+    results = xe.convert("model.keras", targets=["arm64-litert-int8"], calibration="calib/", out="artifacts/")
+    report = xe.evaluate("model.keras", artifacts="artifacts/", data="val/")
+    stats = xe.bench("artifacts/arm64-litert-int8", runs=50)
+
+Bad input raises ``xception_edge.BadInput`` (the CLI's exit 2); a failed run raises
+``ConversionFailed``/``VerificationFailed`` or reports the failure in its result (a target that
+failed has ``ok == False``). Nothing here calls ``sys.exit``, prints a traceback or installs a
+signal handler. Every heavy framework is imported inside the call that needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from collections.abc import Sequence
+
+from .errors import BadInput
+
+
+def convert(
+    model: str | Path,
+    targets: str | Sequence[str | Path],
+    *,
+    calibration: str | Path | None = None,
+    out: str | Path = "artifacts",
+    calibration_root: str | Path | None = None,
+    num_calibration: int | None = None,
+    seed: int = 0,
+    verify: bool = True,
+    verify_data: str | Path | None = None,
+    labels: str | Path | None = None,
+    force: bool = False,
+    unsafe_model: bool = False,
+    weights: str = "imagenet",
+    input_size: int = 299,
+    num_classes: int = 1000,
+    resize: str = "resize",
+    crop_fraction: float = 0.875,
+    interpolation: str = "bilinear",
+    max_drop: float | None = None,
+    validation: str | Path | None = None,
+    strict: bool = False,
+) -> list:
+    """Convert ``model`` to every target (built-in names, ``"all"``, or .toml paths), verify each
+    artifact and write ``out/<target>/``. Returns one ``TargetResult`` per target."""
+    from .model_io import KerasXceptionOptions
+    from .pipeline import ConvertRequest, run_convert
+
+    names = (targets,) if isinstance(targets, (str, Path)) else tuple(targets)
+    req = ConvertRequest(
+        model=str(model),
+        targets=tuple(str(t) for t in names),
+        out=Path(out),
+        calibration=_path(calibration),
+        calibration_root=_path(calibration_root),
+        num_calibration=num_calibration,
+        seed=seed,
+        verify=verify,
+        verify_data=_path(verify_data),
+        labels=_path(labels),
+        force=force,
+        unsafe_model=unsafe_model,
+        xception=KerasXceptionOptions(weights=weights, input_size=input_size, num_classes=num_classes),
+        resize=resize,
+        crop_fraction=crop_fraction,
+        interpolation=interpolation,
+        max_drop=max_drop,
+        validation=_path(validation),
+        strict=strict,
+    )
+    return run_convert(req)
+
+
+def evaluate(
+    model: str | Path,
+    artifacts: str | Path,
+    data: str | Path,
+    *,
+    report: str | Path = "report",
+    resume: bool = False,
+    runs: int = 50,
+    warmup: int = 5,
+    decode_threads: int = 2,
+    unsafe_model: bool = False,
+) -> dict:
+    """Keras fp32 and every artifact of ``artifacts`` on the labelled images of ``data``; writes
+    ``report/report.{json,md,html}`` and returns the report (schema: docs/report-schema.md)."""
+    from .evaluation import EvaluateRequest, run_evaluate
+
+    req = EvaluateRequest(
+        model=str(model),
+        artifacts=Path(artifacts),
+        data=Path(data),
+        report=Path(report),
+        resume=resume,
+        runs=runs,
+        warmup=warmup,
+        decode_threads=decode_threads,
+        unsafe_model=unsafe_model,
+    )
+    return run_evaluate(req)
+
+
+def bench(
+    artifact: str | Path,
+    *,
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int | None = None,
+    data: str | Path | None = None,
+    reference: str | Path | None = None,
+) -> dict:
+    """Latency (and accuracy with ``data``) of one artifact folder with its own runtime, here."""
+    from .benchmark import run_bench
+
+    if threads is not None and threads < 1:
+        raise BadInput(f"--threads {threads} must be at least 1")
+    if reference is not None and data is None:
+        raise BadInput(
+            f"--reference {reference} compares predictions on images: add --data DIR (the images the "
+            "reference was made on), or drop --reference"
+        )
+    return run_bench(Path(artifact), runs=runs, warmup=warmup, threads=threads, data=_path(data), reference=_path(reference))
+
+
+def inspect(
+    artifacts: str | Path,
+    model: str | Path,
+    calibration: str | Path,
+    *,
+    calibration_root: str | Path | None = None,
+    num_images: int = 32,
+    top: int = 10,
+    report: str | Path = "inspect-report",
+    unsafe_model: bool = False,
+) -> dict:
+    """Per-layer quantization error of each int8 artifact; writes ``report/inspect.{json,md,html}``."""
+    from .artifact import output_lock
+    from .inspection.report import write_inspect
+    from .inspection.run import InspectRequest, run_inspect
+
+    if top < 1:
+        raise BadInput(f"--top {top} must be at least 1")
+    req = InspectRequest(
+        artifacts=Path(artifacts),
+        model=str(model),
+        calibration=Path(calibration),
+        calibration_root=_path(calibration_root),
+        num_images=num_images,
+        unsafe_model=unsafe_model,
+    )
+    with output_lock(Path(report), "--report"):
+        result = run_inspect(req)
+        files = write_inspect(result, Path(report), top)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    return result
+
+
+def gate(report: str | Path | dict, *, gates: str | Path | None = None) -> list:
+    """Check an evaluate report (its report.json, or the dict ``evaluate`` returned) against each
+    artifact's gates; one ``GateResult`` per check. Passed when ``all(r.passed for r in results)``."""
+    from .gates import check_report, evaluate_gates, load_gates_file, load_report
+
+    if isinstance(report, dict):
+        check_report(report, "the report")
+        data = report
+    else:
+        data = load_report(Path(report))
+    overrides = load_gates_file(Path(gates)) if gates is not None else {}
+    return evaluate_gates(data, overrides)
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
