@@ -21,18 +21,26 @@ import numpy as np
 
 from . import __version__, console
 from .accuracy import accuracy_report, agreement
-from .artifact import MANIFEST, output_lock, read_manifest
+from .artifact import output_lock
 from .benchmark import cpu_mismatch, measure_latency, model_bytes
-from .calibration import sha256_file
 from .dataset import LabelledImages, labelled_images
 from .errors import BadInput
 from .hostinfo import host
 from .preprocess import PreprocessSpec
+from .evaluation_inputs import (  # noqa: F401  (Artifact, same_source_model: part of this module's interface)
+    RESULTS,
+    Artifact,
+    _check_report_dir,
+    _model_hash,
+    discover_artifacts,
+    float_layers,
+    same_source_model,
+    shared_preprocessing,
+)
 from .resultstore import ResultStore
 
 SCHEMA = "xception-edge/report"
 SCHEMA_VERSION = 1
-RESULTS = "results"  # REPORT/results/: one JSON per finished row, for --resume
 KERAS = "keras-fp32"
 BATCH = 32
 MLPERF_RATIO = 0.99  # MLPerf's closed-division rule: a quantized model keeps ≥ 99% of fp32 top-1
@@ -49,121 +57,6 @@ class EvaluateRequest:
     warmup: int = 5
     decode_threads: int = 2  # 0: decode in the main thread, before inference (no overlap)
     unsafe_model: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Artifact:
-    folder: Path
-    manifest: dict
-    manifest_sha256: str
-
-    @property
-    def name(self) -> str:
-        return self.folder.name
-
-
-# ------------------------------------------------------------------ checks (no TensorFlow)
-def discover_artifacts(root: Path, report: Path | None = None) -> list[Artifact]:
-    """ROOT itself when it is an artifact, else its sub-folders; each must have a manifest whose
-    sha256 values match (hidden folders and the report folder are skipped)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise BadInput(f"--artifacts {root} is not a folder; pass the --out folder of `xception-edge convert`")
-    if (root / MANIFEST).is_file():
-        folders = [root]
-    else:
-        skip = Path(report).resolve() if report is not None else None
-        folders = [
-            p
-            for p in sorted(root.iterdir())
-            if p.is_dir()
-            and not p.name.startswith(".")
-            and ((p / MANIFEST).is_file() or skip is None or not skip.is_relative_to(p.resolve()))
-        ]
-        if not folders:
-            raise BadInput(f"--artifacts {root} holds no artifact folders (sub-folders with {MANIFEST}); convert a model first")
-    out = []
-    for folder in folders:
-        if report is not None and Path(report).resolve().is_relative_to(folder.resolve()):
-            raise BadInput(
-                f"--report {report} lies inside the artifact folder {folder}; write the report elsewhere "
-                "(an artifact folder holds only what its manifest lists)"
-            )
-        manifest = read_manifest(folder)  # no manifest, or a sha256 mismatch: one-line BadInput
-        out.append(Artifact(folder, manifest, sha256_file(folder / MANIFEST)))
-    return out
-
-
-def shared_preprocessing(arts: list[Artifact]) -> tuple[PreprocessSpec, list[str]]:
-    """The one PreprocessSpec and label list every artifact must share."""
-    first = arts[0]
-    spec, labels = PreprocessSpec.from_dict(first.manifest["preprocessing"]), list(first.manifest["labels"])
-    for a in arts[1:]:
-        other = PreprocessSpec.from_dict(a.manifest["preprocessing"])
-        if other != spec:
-            diff = [
-                f"{k} {getattr(spec, k)!r} vs {getattr(other, k)!r}"
-                for k in spec.to_dict()
-                if getattr(spec, k) != getattr(other, k)
-            ]
-            raise BadInput(
-                f"artifacts {first.name} and {a.name} use different preprocessing ({'; '.join(diff)}); "
-                "evaluate them separately (one --artifacts folder per preprocessing)"
-            )
-        theirs = list(a.manifest["labels"])
-        if theirs != labels:
-            where = next((i for i, (x, y) in enumerate(zip(labels, theirs)) if x != y), min(len(labels), len(theirs)))
-            raise BadInput(
-                f"artifacts {first.name} and {a.name} disagree on labels ({len(labels)} vs {len(theirs)} classes; first "
-                f"difference at index {where}: {labels[where] if where < len(labels) else '—'!r} vs "
-                f"{theirs[where] if where < len(theirs) else '—'!r}); evaluate artifacts of one model together"
-            )
-    return spec, labels
-
-
-def float_layers(manifest: dict) -> dict:
-    """Layers an int8 artifact keeps in float (the profile's ignored scope, or --max-drop's choice)."""
-    budget = manifest.get("accuracy_budget") or {}
-    layers = budget.get("float_layers")
-    if layers is None:
-        layers = list(((manifest.get("profile") or {}).get("quantization") or {}).get("ignored_scope") or [])
-    return {"float_layers": layers, "float_mac_share": budget.get("float_mac_share"), "max_drop_pp": budget.get("max_drop_pp")}
-
-
-def _check_report_dir(report: Path) -> None:
-    if report.exists() and not report.is_dir():
-        raise BadInput(f"--report {report} is a file; pass a folder for report.json, report.md and report.html")
-    try:
-        (report / RESULTS).mkdir(parents=True, exist_ok=True)
-        probe = report / RESULTS / f".probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise BadInput(f"--report {report} is not writable ({exc.strerror or exc}); choose a writable folder") from None
-
-
-def _model_hash(spec: str) -> str | None:
-    """sha256 of --model as convert records it (a file or SavedModel folder), without TensorFlow."""
-    from .model_io import KERAS_XCEPTION, _hash_path
-
-    path = Path(spec)
-    if spec.lower() == KERAS_XCEPTION or not path.exists():
-        return None  # keras:xception: its hash is of the weights, known only once built
-    return _hash_path(path)
-
-
-def same_source_model(art: Artifact, src_sha) -> bool:
-    """True only when the artifact's manifest records the --model's own sha256 (for keras:xception,
-    the sha256 of its weights); anything unconfirmed is False and warned about (`gate` fails it)."""
-    made_from = (art.manifest.get("source_model") or {}).get("sha256")
-    if isinstance(src_sha, str) and src_sha and made_from == src_sha:
-        return True
-    if isinstance(src_sha, str) and src_sha and isinstance(made_from, str) and made_from:
-        why = f"was converted from another model (sha256 {made_from[:12]}…, --model is {src_sha[:12]}…)"
-    else:
-        why = "cannot be confirmed to come from --model (no sha256 of its source model or of --model)"
-    console.warn(f"{art.name} {why}: its agreement with --model says little, and `gate` fails it")
-    return False
 
 
 # ------------------------------------------------------------------ results cache (--resume)

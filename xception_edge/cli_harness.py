@@ -1,0 +1,210 @@
+"""`bench`, `evaluate`, `gate` and `inspect`: the commands that measure artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import console
+from .cli import _emit_json, cli
+
+
+# ---------------------------------------------------------------- bench
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first (the first is reported apart).")
+@click.option("--threads", type=int, default=None, help="Runtime threads (default: the target profile's).")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Images (class sub-folders named as in labels.txt give top-1/top-5 per class).",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    metavar="PRED.json",
+    help="The --json of an fp32 `bench --data` run: top-1 agreement and flipped images.",
+)
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def bench(artifact, runs, warmup, threads, data, reference, json_out):
+    """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this device."""
+    from . import api
+    from .artifact import check_output_file
+    from .benchmark import print_bench
+
+    check_output_file(json_out, "--json")
+    result = api.bench(artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference)
+    if json_out:
+        _emit_json(result, json_out)
+    if json_out != "-":
+        print_bench(result)
+
+
+# ---------------------------------------------------------------- evaluate
+@cli.command()
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    metavar="M",
+    help="The Keras model the artifacts were converted from (.keras, .h5, SavedModel folder, keras:xception).",
+)
+@click.option(
+    "--artifacts",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="The --out folder of convert (every sub-folder with a manifest.json), or one artifact folder.",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR|LIST",
+    help="Labelled images: class sub-folders named as in labels.txt, or a list file of 'relative/path label' lines.",
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=Path("report"),
+    show_default=True,
+    metavar="OUT",
+    help="Folder for report.json, report.md, report.html and the per-artifact results.",
+)
+@click.option("--resume", is_flag=True, help="Reuse the results an earlier (interrupted) run stored in OUT/results/.")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed latency runs per model.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
+@click.option(
+    "--decode-threads",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Background threads decoding images while the models run (0: decode first, then infer).",
+)
+@click.option("--unsafe-model", is_flag=True, help="Load a .keras file with Keras safe mode off (Lambda layers).")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, json_out):
+    """Compare the Keras fp32 model and every artifact on the same labelled images: top-1/top-5,
+    drop vs fp32, agreement, flips per class, latency, size; writes OUT/report.{json,md,html}."""
+    from . import api
+    from .artifact import check_output_file
+    from .report import print_report
+
+    check_output_file(json_out, "--json")
+    result = api.evaluate(
+        model,
+        artifacts,
+        data,
+        report=report,
+        resume=resume,
+        runs=runs,
+        warmup=warmup,
+        decode_threads=decode_threads,
+        unsafe_model=unsafe_model,
+    )
+    if json_out:
+        _emit_json(result, json_out)
+    if json_out != "-":
+        print_report(result)
+
+
+# ---------------------------------------------------------------- gate
+@cli.command()
+@click.argument("report", type=click.Path(path_type=Path))
+@click.option(
+    "--gates",
+    "gates_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="TOML overriding the profiles' [gates] per target or artifact folder: [TARGET] max_top1_drop_pp = 1.5; "
+    "[NAME] ungated = true for an artifact no gate applies to.",
+)
+@click.option(
+    "--junit", type=click.Path(path_type=Path), metavar="OUT.xml", help="Write JUnit XML (one test case per artifact and gate)."
+)
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def gate(report, gates_file, junit, json_out):
+    """Check every artifact of REPORT.json (from `evaluate`) against its target's accuracy gates.
+    Exit 0: all pass; 1: a gate fails; 2: bad input."""
+    import dataclasses
+
+    from .artifact import atomic_write_text, check_output_file
+    from . import api
+    from .gates import describe, junit_xml, load_report, table_rows
+
+    check_output_file(junit, "--junit")  # before any work: a folder or an unwritable place is bad input
+    check_output_file(json_out, "--json")
+    data = load_report(report)
+    results = api.gate(data, gates=gates_file)
+    if junit is not None:
+        atomic_write_text(junit, junit_xml(results))
+    if json_out:
+        _emit_json({"passed": all(r.passed for r in results), "results": [dataclasses.asdict(r) for r in results]}, json_out)
+    if json_out != "-":
+        from .tables import gate_table
+
+        gate_table(table_rows(results))
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        console.error(f"gate failed: {describe(r)}")
+    if failed:
+        from .gates import inspect_hints
+
+        for hint in inspect_hints(data, results):
+            console.info(hint)
+        raise click.exceptions.Exit(1)
+
+
+# ---------------------------------------------------------------- inspect
+@cli.command()
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option(
+    "--model", "model", required=True, metavar="M", help="The Keras model (.keras/.h5) the artifacts were converted from."
+)
+@click.option(
+    "--calibration",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR|LIST",
+    help="The calibration images the artifacts were made with (the same sample is drawn again).",
+)
+@click.option("--calibration-root", type=click.Path(path_type=Path), metavar="DIR", help="Root of a list file's paths.")
+@click.option("--num-images", type=int, default=32, show_default=True, help="Images to measure the activations on.")
+@click.option("--top", type=int, default=10, show_default=True, help="Layers shown per artifact (all are in the JSON).")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=Path("inspect-report"),
+    show_default=True,
+    metavar="OUT",
+    help="Folder for inspect.json, inspect.md and inspect.html (with the plot).",
+)
+@click.option("--unsafe-model", is_flag=True, help="Load a .keras file with Keras safe mode off (Lambda layers).")
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+def inspect(artifacts, model, calibration, calibration_root, num_images, top, report, unsafe_model, json_out):
+    """Per-layer quantization error of each int8 artifact in ARTIFACTS (one artifact folder or the
+    --out folder of convert): SQNR vs fp32, layer type and MAC share, worst first."""
+    from . import api
+    from .artifact import check_output_file
+    from .inspection.report import print_inspect
+
+    check_output_file(json_out, "--json")
+    result = api.inspect(
+        artifacts,
+        model,
+        calibration,
+        calibration_root=calibration_root,
+        num_images=num_images,
+        top=top,
+        report=report,
+        unsafe_model=unsafe_model,
+    )
+    files = result["files"]
+    if json_out:
+        _emit_json(result, json_out)
+    if json_out != "-":
+        print_inspect(result, top)
+        click.echo(f"report: {files['html']} (also inspect.md, inspect.json)")
