@@ -73,7 +73,8 @@ def test_each_backends_artifacts_open_with_its_runtime_and_agree_with_keras(conv
     """Every built-in target of this backend, from the one shared conversion."""
     import keras
 
-    out, results, (model, _, val) = converted_all
+    out, payload, (model, _, val) = converted_all
+    results = {x["target"]: x for x in payload["results"]}
     targets = [n for n in builtin_names() if resolve_target(n).backend == name]
     files = list_images(val)
     for target in targets:

@@ -1,8 +1,6 @@
 """End-to-end conversion with TensorFlow's converter and LiteRT's interpreter, on a small
 trained Xception-family model."""
 
-import json
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -19,27 +17,9 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def converted(small_model, tmp_path_factory):
-    model, train, val = small_model
-    out = tmp_path_factory.mktemp("conv") / "out"
-    r = run(
-        "convert",
-        "--model",
-        model,
-        "--target",
-        "all",
-        "--calibration",
-        train,
-        "--num-calibration",
-        60,
-        "--verify-data",
-        val,
-        "--out",
-        out,
-        "--json",
-    )
-    assert r.exit_code == 0, r.output
-    return out, json.loads(r.stdout), small_model
+def converted(converted_all):
+    """Every built-in target of the small model, from the suite's one shared conversion."""
+    return converted_all
 
 
 def test_every_litert_target_is_written_and_verified(converted):
