@@ -134,6 +134,7 @@ def _rewrite(d, edit):
         (lambda m: m["io"].update(input=None), "'io.input' must be"),
         (lambda m: m["io"]["output"].update(dtype="int4"), "io.output.dtype"),
         (lambda m: m["io"]["input"].update(dtype="int8", scale=0.0), "io.input.scale"),
+        (lambda m: m["io"]["input"].update(dtype="int8", scale=10**400), "io.input.scale"),
         (lambda m: m["io"]["input"].update(shape="1x71"), "io.input.shape"),
         (lambda m: m.update(labels=None), "'labels' must be"),
         (lambda m: m.update(labels=[1, 2]), "'labels' must be"),

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import tomllib
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .errors import BadInput
+from .records import is_finite_number
 from .profiles import GateSpec
 
 REPORT_SCHEMA = "xception-edge/report"
@@ -111,13 +111,6 @@ def load_gates_file(path: Path) -> dict[str, dict]:
     return data
 
 
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
 def check_limits(table: dict, where: str, *, allow_ungated: bool = False) -> None:
     """Gate limits: known keys; numbers finite and ≥ 0, ratios and agreements within 0..1."""
     known = _FIELDS + ([UNGATED] if allow_ungated else [])
@@ -132,7 +125,7 @@ def check_limits(table: dict, where: str, *, allow_ungated: bool = False) -> Non
         elif key == "latency_host":
             if not isinstance(value, str):
                 raise BadInput(f"{where} latency_host = {value!r} must be a string")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0:
+        elif not is_finite_number(value) or value < 0:
             raise BadInput(f"{where} {key} = {value!r} must be a finite, non-negative number")
         elif key in _UNIT and value > 1:
             raise BadInput(f"{where} {key} = {value!r} must lie within 0..1 (a fraction: 0.99 is 99%)")
@@ -178,7 +171,7 @@ def _check_manifest_unchanged(manifest: Path, row: dict) -> None:
 
 def _num(v) -> float | None:
     """A finite number, else None (missing, null, NaN, inf, a string, …)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
+    if not is_finite_number(v):
         return None
     return float(v)
 

@@ -52,12 +52,19 @@ def _fail(where: Path, key: str, want: str, got) -> BadInput:
     return BadInput(f"{where}: '{key}' must be {want}, got {shown}; convert the model again")
 
 
-def _is_int(v) -> bool:
+def is_whole(v) -> bool:
+    """An integer that is not a bool (JSON's true is an int to Python)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+def is_finite_number(v) -> bool:
+    """A finite int or float that is not a bool; an integer too large for a float is not."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _tensor(spec, where: Path, key: str) -> None:
@@ -68,12 +75,12 @@ def _tensor(spec, where: Path, key: str) -> None:
     if spec.get("dtype") not in _DTYPES:
         raise _fail(where, f"{key}.dtype", f"one of {', '.join(_DTYPES)}", spec.get("dtype"))
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(_is_int(d) and d >= -1 for d in shape):
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(is_whole(d) and d >= -1 for d in shape):
         raise _fail(where, f"{key}.shape", "a list of dimensions", shape)
     scale, zp = spec.get("scale", 0.0), spec.get("zero_point", 0)
-    if not _is_number(scale) or scale < 0 or (spec["dtype"] != "float32" and scale <= 0):
+    if not is_finite_number(scale) or scale < 0 or (spec["dtype"] != "float32" and scale <= 0):
         raise _fail(where, f"{key}.scale", "a positive finite number for a quantized tensor", scale)
-    if not _is_int(zp) or not -(2**31) <= zp < 2**31:
+    if not is_whole(zp) or not -(2**31) <= zp < 2**31:
         raise _fail(where, f"{key}.zero_point", "an integer", zp)
 
 
@@ -84,7 +91,7 @@ def _files(files, where: Path, folder: Path) -> dict:
         relative_file(rel, folder, f"{where}: file")
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
             raise _fail(where, f"files.{rel}", "a table with a 64-hex-digit sha256", entry)
-        if not _is_int(entry.get("bytes")) or entry["bytes"] < 0:
+        if not is_whole(entry.get("bytes")) or entry["bytes"] < 0:
             raise _fail(where, f"files.{rel}.bytes", "a non-negative integer", entry.get("bytes"))
     return files
 
@@ -121,7 +128,7 @@ def validate_manifest(m, where: Path, folder: Path) -> dict:
     labels = m.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
         raise _fail(where, "labels", "a non-empty list of class names", labels)
-    if "threads" in m and not (_is_int(m["threads"]) and 1 <= m["threads"] <= 1024):
+    if "threads" in m and not (is_whole(m["threads"]) and 1 <= m["threads"] <= 1024):
         raise _fail(where, "threads", "an integer from 1 to 1024", m["threads"])
     _preprocessing(m.get("preprocessing"), where)
     for key in _TABLES:
@@ -136,9 +143,9 @@ def _preprocessing(p, where: Path) -> None:
     if not isinstance(p, dict):
         raise _fail(where, "preprocessing", "a table", p)
     for key in ("height", "width"):
-        if not _is_int(p.get(key)) or not 1 <= p[key] <= 16384:
+        if not is_whole(p.get(key)) or not 1 <= p[key] <= 16384:
             raise _fail(where, f"preprocessing.{key}", "an integer from 1 to 16384", p.get(key))
-    if "crop_fraction" in p and not _is_number(p["crop_fraction"]):
+    if "crop_fraction" in p and not is_finite_number(p["crop_fraction"]):
         raise _fail(where, "preprocessing.crop_fraction", "a number", p["crop_fraction"])
     for key in ("resize", "interpolation", "scaling", "layout", "channels"):
         if key in p and not isinstance(p[key], str):

@@ -7,11 +7,11 @@ warned about and computed again, never a traceback. Stdlib only."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from . import console
 from .artifact import atomic_write_text
+from .records import is_finite_number
 
 # What the report writers (report.py, report_html.py) and the scoring of new artifacts read from
 # a cached row; "?" marks a field that may be null, "~" one that may also be absent (Keras's row has no float layers).
@@ -48,12 +48,7 @@ _UNDECODABLE = {"image": "str", "label": "str", "error": "str"}
 
 def _is(value, kind: str) -> bool:
     if kind == "num":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        try:
-            return math.isfinite(value)
-        except OverflowError:
-            return False
+        return is_finite_number(value)
     types = {"str": str, "int": int, "bool": bool, "dict": dict, "list": list}[kind]
     return isinstance(value, types) and not (kind == "int" and isinstance(value, bool))
 
