@@ -4,8 +4,9 @@ bench/results.json and bench/results.md.
 
 Per target: conversion time and peak memory (each conversion in its own process, measured with
 wait4), size, p50 latency with xception-edge's own harness (`bench`), speedup over Keras fp32,
-and, for .tflite and OpenVINO IR, the vendor's own benchmark tool on the same artifact
-(`litert-benchmark`, `benchmark_app`) with the harness/native ratio.
+and, where the backend's spec declares one (`native_bench`: LiteRT's `litert-benchmark`,
+OpenVINO's `benchmark_app`), the vendor's own benchmark tool on the same artifact with the
+harness/native ratio.
 
 Weights are random (`keras:xception --weights none`: no ImageNet download here); latency does
 not depend on them. Calibration: 300 images of the demo generator at 320 px.
@@ -16,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -87,59 +86,14 @@ print(json.dumps(float(np.median(s))))
 
 
 def native_latency(folder: Path, runs: int) -> tuple[str, float] | None:
+    """The vendor's own benchmark tool on the artifact, where its backend's spec declares one."""
+    from xception_edge import backends
+
     manifest = json.loads((folder / "manifest.json").read_text())
-    model = folder / manifest["model_file"]
-    if manifest["format"] == "tflite":
-        with tempfile.TemporaryDirectory() as d:
-            res = Path(d) / "r.json"
-            subprocess.run(
-                [
-                    str(BIN / "litert-benchmark"),
-                    "--model",
-                    str(model),
-                    "--num_threads",
-                    str(THREADS),
-                    "--num_runs",
-                    str(runs),
-                    "--warmup_runs",
-                    "5",
-                    "--result_json",
-                    str(res),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            return "litert-benchmark", float(json.loads(res.read_text())["latency"]["median_ms"])
-    if manifest["format"] == "openvino-ir":
-        precision = (manifest.get("conversion") or {}).get("cpu_inference_precision", "f32")
-        out = subprocess.run(
-            [
-                str(BIN / "benchmark_app"),
-                "-m",
-                str(model),
-                "-d",
-                "CPU",
-                "-hint",
-                "none",
-                "-nstreams",
-                "1",
-                "-nthreads",
-                str(THREADS),
-                "-niter",
-                str(runs),
-                "-api",
-                "sync",
-                "-infer_precision",
-                precision,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        m = re.search(r"Median:\s+([\d.]+) ms", out)
-        return ("benchmark_app", float(m.group(1))) if m else None
-    return None
+    tool = backends.get(manifest["backend"]).native_benchmark()
+    if tool is None:
+        return None
+    return tool.latency(folder / manifest["model_file"], manifest, runs=runs, threads=THREADS, bin_dir=BIN)
 
 
 def calibration_images(root: Path) -> Path:
@@ -196,6 +150,14 @@ def main() -> None:
         "targets": rows,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = markdown(results, keras_ms)
+    (HERE / "results.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def markdown(results: dict, keras_ms: float) -> list[str]:
+    """bench/results.md, line by line: the host, Keras fp32, then one table row per target."""
+    rows = results["targets"]
     md = [
         f"# Full-size Xception (299x299), batch 1, {THREADS} threads",
         "",
@@ -214,8 +176,7 @@ def main() -> None:
             f"| {r['target']} | {r['p50_ms']} | {r['speedup_vs_keras']}x | {r['size_mb']} | {r['convert_seconds']} | "
             f"{r['convert_peak_rss_mb']} | {r.get('native_tool', '—')} | {r.get('native_p50_ms', '—')} | {r.get('harness_over_native', '—')} |"
         )
-    (HERE / "results.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    return md
 
 
 if __name__ == "__main__":

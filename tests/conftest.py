@@ -61,6 +61,16 @@ def small_model(tmp_path_factory):
     return path, train, val
 
 
+@pytest.fixture(scope="session")
+def small_saved_model(small_model, tmp_path_factory) -> Path:
+    """small_model exported once as a TensorFlow SavedModel (a --model input of its own)."""
+    import keras
+
+    path = tmp_path_factory.mktemp("saved") / "sm"
+    keras.models.load_model(small_model[0]).export(str(path), format="tf_saved_model", verbose=False)
+    return path
+
+
 def plant_outlier_channel(src: Path, dst: Path, layer_name: str, factor: float, channel: int = 0) -> Path:
     """The same function, quantized badly: one channel of a SeparableConv2D's depthwise output is
     scaled by ``factor`` and its pointwise weights by 1/factor. The float model is unchanged (up to
@@ -92,7 +102,8 @@ def outlier_model(small_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def converted_all(small_model, tmp_path_factory):
     """The small model converted to every built-in target once (60 calibration images, verified on
-    val), for every test to share. Returns (out_dir, convert's --json payload, small_model)."""
+    val), for every test to share. Returns (out_dir, convert's --json payload, small_model).
+    Shared: a test that changes the folder copies it first (shutil.copytree into tmp_path)."""
     import json
 
     from click.testing import CliRunner
@@ -122,4 +133,19 @@ def converted_all(small_model, tmp_path_factory):
         catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output
-    return out, json.loads(r.stdout), small_model
+    (out.parent / "convert.log").write_text(r.output)
+    before = _digests(out)
+    yield out, json.loads(r.stdout), small_model
+    assert _digests(out) == before, "a test changed the shared conversion folder; copy it into tmp_path first"
+
+
+def _digests(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "" for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="session")
+def converted_all_log(converted_all) -> str:
+    """What that one conversion printed (its progress and warnings)."""
+    return (converted_all[0].parent / "convert.log").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -27,7 +28,8 @@ def test_convert_bench_evaluate_gate_from_python(small_model, converted_all, tmp
     assert stats["artifact"]["target"] == "litert-fp32" and stats["latency"]["runs"] == 3
     out, _, _ = converted_all
     report = xe.evaluate(model, out, val, report=tmp_path / "report", runs=2, warmup=0)
-    assert {r["name"] for r in report["artifacts"]} >= {"litert-fp32", "arm64-litert-int8"}
+    assert {r.name for r in report.artifacts} >= {"litert-fp32", "arm64-litert-int8"}
+    assert report.to_dict() == json.loads((tmp_path / "report" / "report.json").read_text())  # the typed report is the file
     assert (tmp_path / "report" / "report.json").is_file()
     checks = xe.gate(report)
     assert checks and all(hasattr(c, "passed") for c in checks)

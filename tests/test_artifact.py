@@ -99,7 +99,7 @@ def _artifact(tmp_path, name="a", **over):
 def test_manifest_checks_sha256_and_missing_files(tmp_path):
     d, m = _artifact(tmp_path)
     assert m["files"]["model.onnx"]["bytes"] == 7
-    assert read_manifest(d)["target"] == "a"
+    assert read_manifest(d).target == "a"
     (d / "model.onnx").write_bytes(b"tampered")
     with pytest.raises(BadInput, match="does not match its sha256"):
         read_manifest(d)

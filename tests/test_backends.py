@@ -3,6 +3,7 @@ list_models()): a backend added to the registry is tested here without a line mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,11 +18,11 @@ from xception_edge import backends
 from xception_edge.artifact import read_manifest
 from xception_edge.cli import cli
 from xception_edge.errors import BadInput
-from xception_edge.preprocess import PreprocessSpec, list_images, load_images
+from xception_edge.preprocess import list_images, load_images
 from xception_edge.runtime import open_artifact
 from xception_edge.runtime.base import Runtime
 from xception_edge.targets import builtin_names, resolve_target
-from xception_edge.profiles import Precision
+from xception_edge.profiles import Precision, QuantSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = backends.names()
@@ -44,6 +45,9 @@ def test_the_spec_declares_everything_and_its_entry_points_resolve(name):
     assert callable(inspector.measure) and isinstance(inspector.TOOL, str) and inspector.TOOL
     own = spec.accuracy()
     assert own is None or callable(own.try_accuracy_control)
+    native = spec.native_benchmark()
+    assert native is None or (callable(native.latency) and isinstance(native.TOOL, str) and native.TOOL)
+    assert set(spec.settings) <= {f.name for f in dataclasses.fields(QuantSpec)}
 
 
 def test_the_registry_imports_no_framework():
@@ -79,10 +83,10 @@ def test_each_backends_artifacts_open_with_its_runtime_and_agree_with_keras(conv
     files = list_images(val)
     for target in targets:
         manifest = read_manifest(out / target)
-        assert manifest["backend"] == name and manifest["format"] in backends.get(name).formats
+        assert manifest.backend == name and manifest.format in backends.get(name).formats
         rt = open_artifact(out / target)
         assert type(rt) is backends.get(name).runtime_class()
-        x, _ = load_images(files, PreprocessSpec.from_dict(manifest["preprocessing"]))
+        x, _ = load_images(files, manifest.preprocessing)
         probs = rt.predict(x)
         ref = keras.models.load_model(model).predict(x, verbose=0)
         assert probs.shape == ref.shape and np.allclose(probs.sum(-1), 1.0, atol=0.05)
@@ -99,6 +103,15 @@ def test_a_fourth_backend_is_one_package_and_one_registry_line(small_model, tmp_
     spec = backends.register("example_backend")
     try:
         assert spec.name == "example-ort" and "example-ort" in backends.names()
+        # the spec's optional entries default to "none": no vendor benchmark tool, no settings of its own,
+        # so onnxruntime's own x86_without_vnni is refused for it as for any other backend
+        assert spec.native_benchmark() is None and spec.settings == ()
+        prof = tmp_path / "vnni.toml"
+        prof.write_text(
+            'name = "v"\nbackend = "example-ort"\nformat = "onnx"\nprecision = "int8"\n[quantization]\nx86_without_vnni = true\n'
+        )
+        with pytest.raises(BadInput, match="x86_without_vnni is an onnxruntime setting; remove it for backend example-ort"):
+            resolve_target(str(prof))
         profiles = []
         for precision in ("fp32", "int8"):
             prof = tmp_path / f"example-{precision}.toml"
@@ -123,7 +136,7 @@ def test_a_fourth_backend_is_one_package_and_one_registry_line(small_model, tmp_
             out,
         )
         assert r.exit_code == 0, r.output
-        assert read_manifest(out / "example-int8")["backend"] == "example-ort"
+        assert read_manifest(out / "example-int8").backend == "example-ort"
         r = run("bench", out / "example-int8", "--runs", 3, "--warmup", 1, "--json")
         assert r.exit_code == 0 and json.loads(r.stdout)["artifact"]["backend"] == "example-ort"
         r = run(

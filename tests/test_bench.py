@@ -21,27 +21,9 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def artifacts(small_model, tmp_path_factory):
-    model, train, val = small_model
-    out = tmp_path_factory.mktemp("bench") / "out"
-    r = run(
-        "convert",
-        "--model",
-        model,
-        "--target",
-        "litert-fp32",
-        "--target",
-        "arm64-litert-int8",
-        "--calibration",
-        train,
-        "--num-calibration",
-        40,
-        "--verify-data",
-        val,
-        "--out",
-        out,
-    )
-    assert r.exit_code == 0, r.output
+def artifacts(converted_all):
+    """The suite's one conversion of every built-in target (read only here): (out, val)."""
+    out, _, (_, _, val) = converted_all
     return out, val
 
 
@@ -139,27 +121,9 @@ def test_device_venv_benches_tflite_without_tensorflow(device_venv, artifacts):
 
 
 @pytest.fixture(scope="module")
-def ov_ort_artifacts(small_model, tmp_path_factory):
-    model, train, val = small_model
-    out = tmp_path_factory.mktemp("bench-ov-ort") / "out"
-    r = run(
-        "convert",
-        "--model",
-        model,
-        "--target",
-        "x86-openvino-int8",
-        "--target",
-        "x86-onnxruntime-int8",
-        "--calibration",
-        train,
-        "--num-calibration",
-        40,
-        "--verify-data",
-        val,
-        "--out",
-        out,
-    )
-    assert r.exit_code == 0, r.output
+def ov_ort_artifacts(converted_all):
+    """x86-openvino-int8 and x86-onnxruntime-int8 from the suite's one conversion: (out, val)."""
+    out, _, (_, _, val) = converted_all
     return out, val
 
 

@@ -74,8 +74,17 @@ def test_undecodable_files_are_skipped_listed_and_replaced(tmp_path, capsys):
     root = write_images(tmp_path / "imgs", classes=("x",), per_class=15)
     (root / "x" / "zero.png").write_bytes(b"")
     (root / "x" / "text.jpg").write_text("hello")
+    src = open_source(root)
+    order = [src.files[i].name for i in sample_order(src, 0)]
+    first_bad, second_bad = sorted((order.index("zero.png"), order.index("text.jpg")))
+    assert 0 < first_bad < second_bad - 1  # seed 0: good images before, between and after the bad ones
+    # as many images as decode before the second bad one: the first bad one is met, skipped and replaced
+    n = second_bad - 1
+    cal = build_calibration(open_source(root), SPEC, n, seed=0)
+    assert len(cal) == n and len(cal.skipped) == 1 and order[first_bad] in cal.skipped[0]
+    assert [f.name for f in cal.files] == [name for name in order[:second_bad] if name != order[first_bad]]
     cal = build_calibration(open_source(root), SPEC, 15, seed=0)
-    assert len(cal) == 15 and len(cal.skipped) in (0, 1, 2)
+    assert len(cal) == 15 and len(cal.skipped) == 2  # every decodable image is needed: both bad ones are met
     cal_all = build_calibration(open_source(root), SPEC, 17, seed=0)
     assert len(cal_all) == 15 and len(cal_all.skipped) == 2
     err = capsys.readouterr().err

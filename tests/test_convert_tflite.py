@@ -42,24 +42,24 @@ def test_int8_artifact_is_integer_only_with_a_complete_manifest(converted):
     art = out / "arm64-litert-int8"
     assert sorted(p.name for p in art.iterdir()) == ["calibration.txt", "labels.txt", "manifest.json", "model.tflite"]
     m = read_manifest(art)
-    assert m["precision"] == "int8" and m["conversion"]["all_ops_integer"] is True
+    assert m.precision == "int8" and m.conversion["all_ops_integer"] is True
     ops = op_summary(art / "model.tflite")
     assert ops["all_integer"] and "DEPTHWISE_CONV_2D" in ops["counts"] and "ADD" in ops["counts"]
-    assert m["io"]["input"]["dtype"] == "int8" and m["io"]["output"]["dtype"] == "int8"
+    assert m.input.dtype == "int8" and m.output.dtype == "int8"
     # the check can fail: the dynamic-range artifact computes in float
     dyn = op_summary(out / "litert-dynamic-int8" / "model.tflite")
     assert not dyn["all_integer"] and any(not o["integer"] for o in dyn["ops"])
-    assert m["io"]["input"]["scale"] > 0 and m["io"]["input"]["shape"] == [1, 71, 71, 3]
-    assert m["preprocessing"]["height"] == 71 and m["preprocessing"]["scaling"] == "xception"
-    assert m["labels"] == ["a", "b", "c"] and (art / "labels.txt").read_text().split() == ["a", "b", "c"]
-    assert m["calibration"]["count"] == 60 and m["calibration"]["classes"] == 3
+    assert m.input.scale > 0 and list(m.input.shape) == [1, 71, 71, 3]
+    assert m.preprocessing.height == 71 and m.preprocessing.scaling == "xception"
+    assert list(m.labels) == ["a", "b", "c"] and (art / "labels.txt").read_text().split() == ["a", "b", "c"]
+    assert m.calibration["count"] == 60 and m.calibration["classes"] == 3
     assert len([l for l in (art / "calibration.txt").read_text().splitlines() if not l.startswith("#")]) == 60
     from xception_edge.calibration import sha256_file
 
-    assert m["source_model"]["sha256"] == sha256_file(model)
-    assert set(m["files"]) == {"calibration.txt", "labels.txt", "model.tflite"}
-    assert "tensorflow" in m["tools"] and m["verification"]["passed"]
-    assert "avx2" in m["host"]["int8_flags"] or m["host"]["machine"] != "x86_64"
+    assert m.source_sha256 == sha256_file(model)
+    assert set(m.files) == {"calibration.txt", "labels.txt", "model.tflite"}
+    assert "tensorflow" in m.tools and m.verification.passed
+    assert "avx2" in m.int8_flags or m.host["machine"] != "x86_64"
 
 
 def test_runtime_agrees_with_keras_on_held_out_images(converted):
@@ -81,12 +81,18 @@ def test_runtime_agrees_with_keras_on_held_out_images(converted):
     np.testing.assert_allclose(fp32, ref, atol=1e-4)
 
 
-def test_existing_artifact_needs_force(converted):
-    out, _, (model, train, val) = converted
+def test_existing_artifact_needs_force(converted, tmp_path):
+    import shutil
+
+    shared, _, (model, train, val) = converted
+    out = tmp_path / "out"  # a copy: the run locks its --out, and the shared folder stays untouched
+    shutil.copytree(shared / "litert-fp32", out / "litert-fp32")
+    before = (out / "litert-fp32" / "manifest.json").read_bytes()
     r = CliRunner().invoke(
         cli, ["convert", "--model", str(model), "--target", "litert-fp32", "--calibration", str(train), "--out", str(out)]
     )
     assert r.exit_code == 2 and "--force" in r.output
+    assert (out / "litert-fp32" / "manifest.json").read_bytes() == before
 
 
 def test_collapsed_int8_is_caught_and_not_written(small_model, tmp_path):
@@ -138,8 +144,8 @@ def test_per_tensor_and_uint8_profile_from_a_user_toml(small_model, tmp_path):
     r = run("convert", "--model", model, "--target", toml, "--calibration", train, "--verify-data", val, "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "o" / "pi-uint8")
-    assert m["io"]["input"]["dtype"] == "uint8" and m["io"]["output"]["dtype"] == "float32"
-    assert m["calibration"]["count"] == 30
+    assert m.input.dtype == "uint8" and m.output.dtype == "float32"
+    assert m.calibration["count"] == 30
 
 
 def test_keras_applications_xception_to_int8(tmp_path, image_folder):
@@ -165,19 +171,17 @@ def test_keras_applications_xception_to_int8(tmp_path, image_folder):
     )
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "o" / "arm64-litert-int8")
-    assert m["source_model"]["kind"] == "keras-applications" and m["conversion"]["all_ops_integer"]
-    assert m["conversion"]["op_counts"]["DEPTHWISE_CONV_2D"] >= 30  # the real 36-layer Xception
-    assert m["verification"]["images"] == 12  # 36 images, 24 used for calibration, 12 held back
+    assert m.source_model["kind"] == "keras-applications" and m.conversion["all_ops_integer"]
+    assert m.conversion["op_counts"]["DEPTHWISE_CONV_2D"] >= 30  # the real 36-layer Xception
+    assert m.verification.images == 12  # 36 images, 24 used for calibration, 12 held back
 
 
-def test_h5_and_saved_model_inputs(small_model, tmp_path):
+def test_h5_and_saved_model_inputs(small_model, small_saved_model, tmp_path):
     import keras
 
     model_path, train, val = small_model
-    model = keras.models.load_model(model_path)
-    model.save(tmp_path / "m.h5")
-    model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
-    for spec, kind in ((tmp_path / "m.h5", "h5"), (tmp_path / "sm", "saved_model")):
+    keras.models.load_model(model_path).save(tmp_path / "m.h5")
+    for spec, kind in ((tmp_path / "m.h5", "h5"), (small_saved_model, "saved_model")):
         out = tmp_path / f"out-{kind}"
         r = run(
             "convert",
@@ -198,8 +202,8 @@ def test_h5_and_saved_model_inputs(small_model, tmp_path):
         )
         assert r.exit_code == 0, (kind, r.output)
         m = read_manifest(out / "arm64-litert-int8")
-        assert m["source_model"]["kind"] == kind and m["verification"]["agreement"] >= 0.9
-        assert read_manifest(out / "litert-fp32")["verification"]["max_abs_diff"] < 1e-4
+        assert m.source_model["kind"] == kind and m.verification.agreement >= 0.9
+        assert read_manifest(out / "litert-fp32").verification.max_abs_diff < 1e-4
 
 
 def test_console_script_keeps_tensorflow_noise_out(small_model, tmp_path):

@@ -166,5 +166,28 @@ def test_ensure_demo_caches_and_rebuilds_after_interruption(tmp_path, monkeypatc
     assert len(calls) == 3 and calls[-1]["epochs"] == 3
 
 
-def test_tiny_config_is_small():
-    assert TINY.train_per_class * len(CLASS_NAMES) <= 1000 and TINY.input_size >= 71
+def test_tiny_demo_builds_a_small_dataset_and_a_model_the_builder_accepts(tmp_path, monkeypatch):
+    """What ensure_demo(config=TINY) really builds (the images are blank, the training faked): at
+    most 1000 training images, and training arguments build_compact_xception accepts (>= 71 px)."""
+    import xception_edge.demo.data as data_mod
+    import xception_edge.demo.train as train_mod
+    from xception_edge.demo.model import build_compact_xception
+
+    trained = []
+
+    def fake_train(data_root, out_path, **kwargs):
+        trained.append(kwargs)
+        Path(out_path).write_bytes(b"model")
+        return {"val_top1": 0.9, "val_hard_top1": 0.5, "params": 1}
+
+    monkeypatch.setattr(data_mod, "render", lambda name, rng, size, hard=False: np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.setattr(train_mod, "train_demo_model", fake_train)
+    demo = ensure_demo(tmp_path, config=TINY)
+    train_images = [p for p in (demo.data / "train").rglob("*") if p.is_file()]
+    assert 0 < len(train_images) <= 1000 and len(train_images) % len(CLASS_NAMES) == 0
+    assert len([p for p in (demo.data / "val").rglob("*") if p.is_file()]) == 10 * len(CLASS_NAMES)  # the demo test's 120
+    (kwargs,) = trained
+    model = build_compact_xception(
+        num_classes=len(CLASS_NAMES), **{k: kwargs[k] for k in ("input_size", "width", "middle_blocks")}
+    )
+    assert model.input_shape == (None, kwargs["input_size"], kwargs["input_size"], 3) and model.count_params() < 1_000_000

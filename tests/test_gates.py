@@ -232,11 +232,13 @@ def test_an_artifact_of_another_model_fails(tmp_path, value):
 
 def test_evaluate_records_an_unconfirmed_source_model_as_false(capsys):
     from pathlib import Path
+    from types import SimpleNamespace
 
     from xception_edge.evaluation import Artifact, same_source_model
 
-    def art(manifest):
-        return Artifact(Path("/arts/ov-int8"), manifest, "0" * 64)
+    def art(manifest):  # same_source_model reads the sha256 a manifest records of its source model
+        recorded = (manifest.get("source_model") or {}).get("sha256")
+        return Artifact(Path("/arts/ov-int8"), SimpleNamespace(source_sha256=recorded), "0" * 64)
 
     assert same_source_model(art({"source_model": {"sha256": "ab" * 32}}), "ab" * 32) is True
     assert capsys.readouterr().err == ""
@@ -375,29 +377,14 @@ def test_old_or_foreign_report_is_bad_input(tmp_path):
     assert run("gate", tmp_path / "missing.json").exit_code == 2
 
 
-def test_convert_evaluate_gate_catches_a_broken_conversion(small_model, tmp_path):
-    """Real pipeline: a good int8 passes its gates; one calibrated on blank images (with
-    --no-verify, so it gets written) fails them, with the target named."""
-    model, train, val = small_model
+def test_convert_evaluate_gate_catches_a_broken_conversion(converted_all, tmp_path):
+    """Real pipeline: a good int8 (the suite's shared conversion) passes its gates; one calibrated
+    on blank images (with --no-verify, so it gets written) fails them, with the target named."""
+    import shutil
+
+    shared, _, (model, _, val) = converted_all
     good = tmp_path / "good"
-    assert (
-        run(
-            "convert",
-            "--model",
-            model,
-            "--target",
-            "arm64-litert-int8",
-            "--calibration",
-            train,
-            "--num-calibration",
-            40,
-            "--verify-data",
-            val,
-            "--out",
-            good,
-        ).exit_code
-        == 0
-    )
+    shutil.copytree(shared / "arm64-litert-int8", good / "arm64-litert-int8")
     assert (
         run("evaluate", "--model", model, "--artifacts", good, "--data", val, "--report", tmp_path / "rg", "--runs", 3).exit_code
         == 0

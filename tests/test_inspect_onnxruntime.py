@@ -4,9 +4,11 @@ weights, and with one SeparableConv2D kept in float (ignored_scope -> nodes_to_e
 
 import math
 import re
+import shutil
 
 import pytest
 
+from xception_edge.artifact import read_manifest
 from xception_edge.inspection import backend_module
 from xception_edge.backends.onnxruntime import inspect as ort_inspect
 from xception_edge.inspection.base import finish
@@ -20,9 +22,11 @@ KEPT = "block4_sepconv1"
 
 
 @pytest.fixture(scope="module")
-def artifacts(small_model, tmp_path_factory):
-    """The built-in profile, and copies with per-tensor weights and with KEPT in float."""
-    model, train, _ = small_model
+def artifacts(converted_all, tmp_path_factory):
+    """The built-in profile (from the suite's one conversion), and copies with per-tensor weights
+    and with KEPT in float, converted here on the same 60 calibration images."""
+    shared, _, (model, train, _) = converted_all
+    calibration_images = read_manifest(shared / TARGET).calibration["count"]
     tmp = tmp_path_factory.mktemp("ort-inspect")
     text = (builtin_dir() / f"{TARGET}.toml").read_text()
     variants = {
@@ -32,10 +36,13 @@ def artifacts(small_model, tmp_path_factory):
     assert "per_channel = false" in variants["ort-per-tensor"] and "ignored_scope" in variants["ort-keep"]
     for name, body in variants.items():
         (tmp / f"{name}.toml").write_text(body.replace(f'name = "{TARGET}"', f'name = "{name}"'))
-    targets = (TARGET, *(str(tmp / f"{name}.toml") for name in variants))
-    request = ConvertRequest(model=str(model), targets=targets, out=tmp / "art", calibration=train, num_calibration=32)
+    targets = tuple(str(tmp / f"{name}.toml") for name in variants)
+    request = ConvertRequest(
+        model=str(model), targets=targets, out=tmp / "art", calibration=train, num_calibration=calibration_images
+    )
     results = run_convert(request)
     assert all(r.ok for r in results), [r.error for r in results]
+    shutil.copytree(shared / TARGET, tmp / "art" / TARGET)
     return tmp / "art", tmp
 
 

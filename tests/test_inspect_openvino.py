@@ -12,27 +12,16 @@ from xception_edge.inspection import backend_module
 from xception_edge.inspection.base import SQNR_CAP_DB, blame, finish
 from xception_edge.inspection.context import open_context
 from xception_edge.model_io import _all_layers
-from xception_edge.pipeline import ConvertRequest, run_convert
 
 
 @pytest.fixture(scope="module")
-def inspected(small_model, tmp_path_factory):
-    """The int8 IR and the fp32 IR of one conversion, and the int8 IR's measured layers."""
-    model, train, _ = small_model
+def inspected(converted_all, tmp_path_factory):
+    """The int8 IR and the fp32 IR of the suite's one conversion (read only), and the int8 IR's measured layers."""
+    art, _, (model, train, _) = converted_all
     tmp = tmp_path_factory.mktemp("inspect_ov")
-    results = run_convert(
-        ConvertRequest(
-            model=str(model),
-            targets=("x86-openvino-int8", "openvino-fp32"),
-            out=tmp / "art",
-            calibration=train,
-            num_calibration=16,
-        )
-    )
-    assert all(r.ok for r in results), [r.error for r in results]
-    ctx = open_context(tmp / "art" / "x86-openvino-int8", str(model), train, tmp / "work", num_images=8)
+    ctx = open_context(art / "x86-openvino-int8", str(model), train, tmp / "work", num_images=8)
     errors = finish(backend_module("openvino").measure(ctx), ctx.parts)
-    return ctx, errors, tmp / "art" / "openvino-fp32"
+    return ctx, errors, art / "openvino-fp32"
 
 
 def test_every_weighted_layer_part_and_residual_add_is_matched(inspected):

@@ -3,6 +3,7 @@ intermediate tensor of the artifact), and selective quantization (ignored_scope 
 on the small trained Xception-family model."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -34,21 +35,25 @@ def _profile(tmp_path, name: str, scope: str):
 
 
 @pytest.fixture(scope="module")
-def artifacts(small_model, tmp_path_factory):
+def artifacts(converted_all, tmp_path_factory):
+    """arm64-litert-int8 of the suite's one conversion (60 calibration images), and that profile
+    with KEEP in float, converted here: both in one folder."""
+    shared, _, small_model = converted_all
     model, train, val = small_model
     tmp = tmp_path_factory.mktemp("inspect-tflite")
     keep = _profile(tmp, "pi-keep-b3", f'"{KEEP}"')
     res = run_convert(
         ConvertRequest(
             model=str(model),
-            targets=("arm64-litert-int8", str(keep)),
+            targets=(str(keep),),
             out=tmp / "art",
             calibration=train,
             num_calibration=16,
             verify_data=val,
         )
     )
-    assert [r.error for r in res] == [None, None]
+    assert [r.error for r in res] == [None]
+    shutil.copytree(shared / "arm64-litert-int8", tmp / "art" / "arm64-litert-int8")
     return tmp / "art", small_model, tmp
 
 
@@ -139,10 +144,10 @@ def test_ignored_scope_keeps_exactly_that_layer_in_float(artifacts):
     art, (model, train, val), tmp = artifacts
     folder = art / "pi-keep-b3"
     m = read_manifest(folder)
-    conv = m["conversion"]
+    conv = m.conversion
     assert conv["float_layers"] == [KEEP] and conv["float_ops"] == 2 and conv["all_ops_integer"] is False
-    assert m["verification"]["passed"] and m["profile"]["quantization"]["ignored_scope"] == [KEEP]
-    assert m["io"]["input"]["dtype"] == "int8" and m["io"]["output"]["dtype"] == "int8"  # the profile's int8 I/O holds
+    assert m.verification.passed and m.profile["quantization"]["ignored_scope"] == [KEEP]
+    assert m.input.dtype == "int8" and m.output.dtype == "int8"  # the profile's int8 I/O holds
 
     import keras
 

@@ -63,13 +63,13 @@ def test_int8_ir_has_fake_quantize_and_int8_weights(converted):
     m = read_manifest(out / "x86-openvino-int8")
     ir = _ir(out / "x86-openvino-int8")
     kinds = [op.get_type_name() for op in ir.get_ops()]
-    assert kinds.count("FakeQuantize") == m["conversion"]["fake_quantize_ops"] > 10
+    assert kinds.count("FakeQuantize") == m.conversion["fake_quantize_ops"] > 10
     weighted = [op for op in ir.get_ops() if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")]
     int8_weights = [op for op in weighted if _weight_type(op) == "i8"]
     assert len(int8_weights) == len(weighted) > 10  # every conv, depthwise conv and the classifier
-    assert m["conversion"]["weights_by_type"] == {"i8": len(weighted)}
-    assert read_manifest(out / "openvino-fp32")["conversion"]["weights_by_type"] == {"f32": len(weighted)}
-    assert read_manifest(out / "intel-gpu-openvino-fp16")["conversion"]["weights_by_type"] == {"f16": len(weighted)}
+    assert m.conversion["weights_by_type"] == {"i8": len(weighted)}
+    assert read_manifest(out / "openvino-fp32").conversion["weights_by_type"] == {"f32": len(weighted)}
+    assert read_manifest(out / "intel-gpu-openvino-fp16").conversion["weights_by_type"] == {"f16": len(weighted)}
     # the check can fail: the fp32 and fp16 IRs have no FakeQuantize and float weights
     for name, wtype in (("openvino-fp32", "f32"), ("intel-gpu-openvino-fp16", "f16")):
         ops = list(_ir(out / name).get_ops())
@@ -99,7 +99,7 @@ def test_weighted_ops_carry_keras_layer_names(converted):
         elif kind in ("Conv2D", "Dense", "DepthwiseConv2D"):
             expected.add(layer.name)
     assert len(expected) > 10 and expected <= names
-    assert read_manifest(out / "openvino-fp32")["conversion"]["keras_layers_named"] == len(
+    assert read_manifest(out / "openvino-fp32").conversion["keras_layers_named"] == len(
         [l for l in km.layers if l.__class__.__name__ in ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")]
     )
 
@@ -133,15 +133,15 @@ def test_manifest_io_and_tools(converted):
     out, _, _ = converted
     for target in OV_TARGETS:
         m = read_manifest(out / target)
-        assert m["backend"] == "openvino" and m["format"] == "openvino-ir" and m["model_file"] == "model.xml"
-        assert m["io"]["input"]["shape"] == [1, 71, 71, 3] and m["io"]["input"]["dtype"] == "float32"
-        assert m["io"]["output"]["shape"] == [1, 3] and m["io"]["output"]["dtype"] == "float32"
-        assert m["io"]["input"]["scale"] == 0.0
-        assert {"model.xml", "model.bin", "labels.txt"} <= set(m["files"])
-        assert m["tools"]["openvino"].startswith("20") and m["conversion"]["cpu_inference_precision"] == "f32"
+        assert m.backend == "openvino" and m.format == "openvino-ir" and m.model_file == "model.xml"
+        assert list(m.input.shape) == [1, 71, 71, 3] and m.input.dtype == "float32"
+        assert list(m.output.shape) == [1, 3] and m.output.dtype == "float32"
+        assert m.input.scale == 0.0
+        assert {"model.xml", "model.bin", "labels.txt"} <= set(m.files)
+        assert m.tools["openvino"].startswith("20") and m.conversion["cpu_inference_precision"] == "f32"
     m = read_manifest(out / "x86-openvino-int8")
-    assert "nncf" in m["tools"] and m["calibration"]["count"] == 60
-    assert m["conversion"]["nncf"] == {
+    assert "nncf" in m.tools and m.calibration["count"] == 60
+    assert m.conversion["nncf"] == {
         "preset": "performance",
         "subset_size": 60,
         "fast_bias_correction": True,
@@ -227,12 +227,14 @@ def test_bad_ignored_scope_name_is_a_one_line_error(small_model, tmp_path):
 
 def test_ignored_scope_entries_resolve_to_op_names(small_model, tmp_path):
     """Keras layers map to their ops, OpenVINO op names pass through, a weightless layer is refused."""
-    from xception_edge.backends.openvino.convert import name_keras_layers, resolve_ignored_scope
+    from xception_edge.backends.openvino.convert import name_keras_layers, resolve_ignored_scope, source_model
+    from xception_edge.exports import Exports
     from xception_edge.model_io import load_source
     from xception_edge.targets import load_profile
 
     src = load_source(str(small_model[0]))
-    model = src.ov_model(tmp_path).clone()
+    exports = Exports(src, tmp_path)
+    model = source_model(exports).clone()
     layer_ops = name_keras_layers(model, src.keras_model)
     assert layer_ops["block2_sepconv2"] == ["block2_sepconv2/depthwise", "block2_sepconv2/pointwise"]
     softmax = next(op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Softmax")
@@ -247,7 +249,7 @@ def test_ignored_scope_entries_resolve_to_op_names(small_model, tmp_path):
         match=r"'block2_add' is a Keras Add layer, which has no weights.*block2_sepconv1, block2_sepconv2, block2_residual",
     ):
         resolve_ignored_scope(load_profile(_profile(tmp_path, "q", ["block2_add"])), model, layer_ops, src)
-    assert src.ov_model(tmp_path) is src.ov_model(tmp_path)  # converted once per run, shared by every target
+    assert source_model(exports) is source_model(exports)  # converted once per run, shared by every target
 
 
 def test_ignored_scope_keeps_named_keras_layers_in_float(small_model, tmp_path):
@@ -261,9 +263,9 @@ def test_ignored_scope_keeps_named_keras_layers_in_float(small_model, tmp_path):
     assert r.exit_code == 0, r.output
     art = tmp_path / "out" / "ov-ignore"
     m = read_manifest(art)
-    assert m["conversion"]["nncf"]["preset"] == "mixed" and m["conversion"]["nncf"]["subset_size"] == 20
-    assert m["calibration"]["count"] == 30
-    assert m["conversion"]["nncf"]["ignored_scope"] == [
+    assert m.conversion["nncf"]["preset"] == "mixed" and m.conversion["nncf"]["subset_size"] == 20
+    assert m.calibration["count"] == 30
+    assert m.conversion["nncf"]["ignored_scope"] == [
         "block1_conv1",
         "block2_sepconv1/depthwise",
         "block2_sepconv1/pointwise",
@@ -322,7 +324,7 @@ def test_missing_openvino_names_the_extra(converted, monkeypatch):
     assert exc.value.exit_code == 2 and "pip install 'xception-edge[openvino]'" in str(exc.value)
     monkeypatch.setitem(sys.modules, "openvino", installed)
     monkeypatch.setitem(sys.modules, "nncf", None)
-    from xception_edge import frameworks
+    from xception_edge.backends.openvino import frameworks
 
     with pytest.raises(BackendUnavailable, match=r"nncf is not installed.*xception-edge\[convert\]"):
         frameworks.nncf()

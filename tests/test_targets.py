@@ -3,9 +3,10 @@ import json
 
 import pytest
 
+from xception_edge import backends
 from xception_edge.errors import BadInput
 from xception_edge.targets import builtin_names, load_profile, resolve_target, resolve_targets
-from xception_edge.profiles import DType, Precision
+from xception_edge.profiles import DType, Precision, QuantSpec
 
 
 def test_builtin_litert_targets_have_the_promised_settings():
@@ -163,3 +164,36 @@ def test_profile_numbers_must_be_finite_and_of_the_right_kind(tmp_path, extra, m
     with pytest.raises(BadInput, match=match) as info:
         load_profile(f)
     assert str(f) in str(info.value)
+
+
+def _backend_profile(tmp_path, spec, quantization: str):
+    precision = "int8" if "int8" in spec.precisions else spec.precisions[0]
+    f = tmp_path / f"{spec.name}.toml"
+    f.write_text(
+        f'name = "t"\nbackend = "{spec.name}"\nformat = "{spec.formats[0]}"\nprecision = "{precision}"\n'
+        f"[quantization]\n{quantization}\n"
+    )
+    return f
+
+
+OWNED_SETTINGS = sorted({key for spec in backends.registry().values() for key in spec.settings})
+
+
+@pytest.mark.parametrize("setting", OWNED_SETTINGS)
+def test_a_backends_own_setting_is_refused_for_every_other_backend(tmp_path, setting):
+    """[quantization] keys a backend's spec owns (``settings``, e.g. onnxruntime's x86_without_vnni):
+    its own profiles take them, every other backend's profile is a one-line BadInput naming the owner."""
+    default = getattr(QuantSpec(), setting)
+    assert isinstance(default, bool)  # a setting of another kind needs a value here
+    for spec in backends.registry().values():
+        prof = _backend_profile(tmp_path, spec, f"{setting} = {str(not default).lower()}")
+        if setting in spec.settings:
+            assert getattr(load_profile(prof).quantization, setting) is (not default)
+        else:
+            owners = " or ".join(s.name for s in backends.registry().values() if setting in s.settings)
+            with pytest.raises(BadInput, match=rf"{setting} is an? {owners} setting; remove it for backend {spec.name}"):
+                load_profile(prof)
+
+
+def test_x86_without_vnni_belongs_to_onnxruntime():
+    assert "x86_without_vnni" in OWNED_SETTINGS and backends.get("onnxruntime").settings == ("x86_without_vnni",)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from xception_edge.cli import cli
 from xception_edge.evaluation import KERAS, ResultStore
+from xception_edge.records import Report, ReportRow
 
 LABELS = ["a", "b", "c"]
 KEY = "0123456789abcdef" * 4
@@ -365,18 +366,21 @@ def test_valid_resume_results_are_reused(tmp_path, capsys):
     store = ResultStore(tmp_path, resume=True, labels=LABELS)
     for name, data in ((KERAS, keras_result()), ("ov-int8", artifact_result())):
         (tmp_path / f"{name}-{KEY[:16]}.json").write_text(json.dumps(data))
-    assert store.load(KERAS, KEY, keras=True) == keras_result()
-    assert store.load("ov-int8", KEY) == artifact_result()
+    for got, want in ((store.load(KERAS, KEY, keras=True), keras_result()), (store.load("ov-int8", KEY), artifact_result())):
+        assert isinstance(got["row"], ReportRow) and {**got, "row": got["row"].to_dict()} == want
     assert store.load("ov-int8", "f" * 64) is None  # another key: another file, nothing to reuse
     assert capsys.readouterr().err == "" and len(store.used) == 2
 
 
 def _render(result: dict, keras: bool) -> None:
     """What evaluate does with a reused result: score a new artifact against it and write the report."""
+    import dataclasses
+
     from xception_edge.evaluation import _compare
     from xception_edge.report import markdown
 
-    report = full_report()
+    report = Report.from_dict(full_report(), "report.json")
+    rows = list(report.artifacts)
     if keras:
         ref, preds = result["row"], result["predictions"]
         acc = {
@@ -386,16 +390,13 @@ def _render(result: dict, keras: bool) -> None:
             "per_class": {c: {"images": 10, "top1": 0.8, "top5": 1.0} for c in result["data"]["per_class_images"]},
         }
         label_of = {k: "a" for k in preds}
-        report["artifacts"][0] = {
-            **_compare(a_row("ov-int8-a"), acc, dict(preds), ref, preds, label_of),
-            "same_source_model": True,
-            "reused": False,
-        }
-        report["reference"] = {**ref, "reused": True}
-        report["data"] = {**result["data"], "source": "val", "root": "val", "form": "folders", "sha256": "d" * 64}
+        row = _compare(ReportRow.from_dict(a_row("ov-int8-a"), "row.json"), acc, dict(preds), ref, preds, label_of)
+        rows[0] = dataclasses.replace(row, same_source_model=True, reused=False)
+        data = {**result["data"], "source": "val", "root": "val", "form": "folders", "sha256": "d" * 64}
+        report = dataclasses.replace(report, reference=dataclasses.replace(ref, reused=True), data=data)
     else:
-        report["artifacts"][0] = {**result["row"], "same_source_model": True, "reused": True}
-    assert "| model | backend |" in markdown(report)
+        rows[0] = dataclasses.replace(result["row"], same_source_model=True, reused=True)
+    assert "| model | backend |" in markdown(dataclasses.replace(report, artifacts=tuple(rows)))
 
 
 @FAST

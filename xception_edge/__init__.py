@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 
 _API = ("convert", "evaluate", "bench", "inspect", "gate")
 _ERRORS = ("XceptionEdgeError", "BadInput", "BackendUnavailable", "ConversionFailed", "VerificationFailed")
-__all__ = ["__version__", *_API, *_ERRORS]
+_RECORDS = ("Manifest", "TensorSpec", "Verification", "BudgetRecord", "Report", "ReportRow")  # typed records
+__all__ = ["__version__", *_API, *_ERRORS, *_RECORDS]
 
 
 def __getattr__(name: str):
@@ -20,4 +21,8 @@ def __getattr__(name: str):
         from . import errors
 
         return getattr(errors, name)
+    if name in _RECORDS:
+        from . import records
+
+        return getattr(records, name)
     raise AttributeError(f"module 'xception_edge' has no attribute {name!r}")

@@ -14,10 +14,11 @@ signal handler. Every heavy framework is imported inside the call that needs it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import BadInput
+from .records import Report
 
 
 def convert(
@@ -85,9 +86,11 @@ def evaluate(
     warmup: int = 5,
     decode_threads: int = 2,
     unsafe_model: bool = False,
-) -> dict:
+) -> Report:
     """Keras fp32 and every artifact of ``artifacts`` on the labelled images of ``data``; writes
-    ``report/report.{json,md,html}`` and returns the report (schema: docs/report-schema.md)."""
+    ``report/report.{json,md,html}`` and returns the report as a typed ``Report``: its
+    ``reference`` and ``artifacts`` are ``ReportRow``s (``report.to_dict()`` is report.json's
+    content; schema: docs/report-schema.md)."""
     from .evaluation import EvaluateRequest, run_evaluate
 
     req = EvaluateRequest(
@@ -159,14 +162,16 @@ def inspect(
     return result
 
 
-def gate(report: str | Path | dict, *, gates: str | Path | None = None) -> list:
-    """Check an evaluate report (its report.json, or the dict ``evaluate`` returned) against each
-    artifact's gates; one ``GateResult`` per check. Passed when ``all(r.passed for r in results)``."""
+def gate(report: str | Path | Report | dict, *, gates: str | Path | None = None) -> list:
+    """Check an evaluate report (its report.json, the ``Report`` ``evaluate`` returned, or a dict
+    of report.json's content) against each artifact's gates; one ``GateResult`` per check.
+    Passed when ``all(r.passed for r in results)``."""
     from .gates import check_report, evaluate_gates, load_gates_file, load_report
 
-    if isinstance(report, dict):
-        check_report(report, "the report")
+    if isinstance(report, Report):
         data = report
+    elif isinstance(report, dict):
+        data = check_report(report, "the report")
     else:
         data = load_report(Path(report))
     overrides = load_gates_file(Path(gates)) if gates is not None else {}

@@ -10,6 +10,7 @@ same folder fails at once with a one-line error instead of mixing its files with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -20,9 +21,9 @@ from pathlib import Path
 from collections.abc import Iterator
 
 from . import console, interrupts
-from .calibration import sha256_file
+from .hashing import sha256_file
 from .errors import BadInput
-from .records import MANIFEST, MANIFEST_SCHEMA, MANIFEST_VERSION, plain_name, validate_manifest
+from .records import MANIFEST, MANIFEST_SCHEMA, MANIFEST_VERSION, Manifest, plain_name
 
 SCHEMA = MANIFEST_SCHEMA
 SCHEMA_VERSION = MANIFEST_VERSION
@@ -216,15 +217,22 @@ def file_entries(folder: Path) -> dict[str, dict]:
     return out
 
 
-def write_manifest(folder: Path, manifest: dict) -> dict:
-    manifest = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **manifest, "files": file_entries(folder)}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+def write_manifest(folder: Path, manifest: Manifest | dict) -> Manifest | dict:
+    """Write ``manifest.json`` with every file of the folder and its sha256; return the manifest
+    written (a ``Manifest`` for a ``Manifest``, else the dict)."""
+    files = file_entries(folder)
+    if isinstance(manifest, Manifest):
+        manifest = dataclasses.replace(manifest, files=files)
+        data = manifest.to_dict()
+    else:
+        manifest = data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return manifest
 
 
-def read_manifest(folder: str | Path) -> dict:
-    """Load ``manifest.json``, validate every field, and check every file: each listed file must
-    exist with its sha256, and the folder may hold no file the manifest does not list."""
+def read_manifest(folder: str | Path) -> Manifest:
+    """Load ``manifest.json``, validate every field (``Manifest.from_dict``), and check every file:
+    each listed file must exist with its sha256, and the folder may hold no file the manifest does not list."""
     folder = Path(folder)
     path = folder / MANIFEST
     if folder.is_file():
@@ -234,17 +242,17 @@ def read_manifest(folder: str | Path) -> dict:
     if not path.is_file():
         raise BadInput(f"{folder} has no {MANIFEST}; is it an artifact folder written by `xception-edge convert`?")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadInput(f"{path} is not valid JSON: {str(exc)[:200]}; convert the model again") from None
-    validate_manifest(manifest, path, folder)
-    for rel, entry in manifest["files"].items():
+    manifest = Manifest.from_dict(data, path, folder)
+    for rel, entry in manifest.files.items():
         fp = folder / rel
         if not fp.is_file():
             raise BadInput(f"{fp} is missing (listed in {path}); copy the whole artifact folder")
         if sha256_file(fp) != entry["sha256"]:
             raise BadInput(f"{fp} does not match its sha256 in {path}; the file is corrupt or was changed")
-    listed = set(manifest["files"]) | {MANIFEST}
+    listed = set(manifest.files) | {MANIFEST}
     extra = sorted(
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")

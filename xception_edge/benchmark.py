@@ -17,32 +17,29 @@ from .artifact import read_manifest
 from .dataset import labelled_images
 from .errors import BadInput
 from .hostinfo import cpu_flags, host
-from .latency import peak_rss_mb, summarize, time_invoke
-from .preprocess import PreprocessSpec, UndecodableImage, load_image
+from .latency import measure, peak_rss_mb
+from .preprocess import UndecodableImage, load_image
+from .records import Manifest
 from .runtime import open_artifact
-from .runtime.base import quantize
 
 SCHEMA = "xception-edge/bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `device`, `latency_emulated`, and `parity` for runs on a device
 _ARM = {"aarch64", "arm64", "armv8", "armv8l"}
 _X86 = {"x86_64", "amd64", "x86", "i686"}
 
 
-def cpu_mismatch(manifest: dict) -> str | None:
-    """Why latency measured here may not say much about the target's device, if it doesn't."""
-    hw = (manifest.get("hardware") or "any").lower()
-    machine = platform.machine().lower()
+def cpu_mismatch(manifest: Manifest, *, machine: str | None = None, flags: list[str] | None = None) -> str | None:
+    """Why latency measured here (or on a device with ``machine`` and int8 ``flags``) may not say
+    much about the target's device, if it doesn't."""
+    hw = (manifest.hardware or "any").lower()
+    machine = (machine or platform.machine()).lower()
     if hw.startswith(("arm", "aarch")) and machine not in _ARM:
-        return (
-            f"target {manifest['target']} is made for {hw} CPUs but this is {machine}: latency here says little about the device"
-        )
+        return f"target {manifest.target} is made for {hw} CPUs but this is {machine}: latency here says little about the device"
     if hw.startswith("x86") and machine not in _X86:
-        return (
-            f"target {manifest['target']} is made for x86 CPUs but this is {machine}: latency here says little about the device"
-        )
-    if manifest.get("precision") == "int8":
-        built = set((manifest.get("host") or {}).get("int8_flags", []))
-        here = set(cpu_flags())
+        return f"target {manifest.target} is made for x86 CPUs but this is {machine}: latency here says little about the device"
+    if manifest.precision == "int8":
+        built = set(manifest.int8_flags)
+        here = set(cpu_flags() if flags is None else flags)
         vnni = {"avx512_vnni", "avx_vnni", "amx_int8"}
         if hw.startswith("x86") and (built & vnni) != (here & vnni):
             return (
@@ -66,9 +63,9 @@ def run_bench(
     if warmup < 0:
         raise BadInput(f"--warmup {warmup} must not be negative")
     manifest = read_manifest(folder)
-    ref_preds = _read_reference(reference) if reference is not None else None
-    labels = list(manifest["labels"])
-    spec = PreprocessSpec.from_dict(manifest["preprocessing"])
+    ref_preds = read_reference(reference) if reference is not None else None
+    labels = list(manifest.labels)
+    spec = manifest.preprocessing
     files: list[Path] = []
     if data is not None:
         images = labelled_images(data, labels)
@@ -84,22 +81,18 @@ def run_bench(
         x = load_image(files[0], spec)[None]
     else:  # latency only: a fixed pseudo-image in the model's input range
         x = np.random.default_rng(0).uniform(-1, 1, (1, spec.height, spec.width, 3)).astype(np.float32)
-    stats = measure_latency(rt, x, runs=runs, warmup=warmup, load_ms=load_ms, what=manifest["target"])
+    stats = measure_latency(rt, x, runs=runs, warmup=warmup, load_ms=load_ms, what=manifest.target)
 
     result = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "artifact": {
-            "path": str(Path(folder).resolve()),
-            "target": manifest["target"],
-            "backend": manifest["backend"],
-            "precision": manifest["precision"],
-            "size_bytes": model_bytes(manifest),
-        },
+        "artifact": artifact_record(folder, manifest),
         "host": host(),
         "cpu_warning": warning,
         "kernels": rt.note,
         "latency": stats.to_dict(),
+        "latency_emulated": False,
+        "device": {"spec": "local", "transport": "in-process", "emulated": False},
     }
     if files:
         result.update(_accuracy(rt, files, targets, root, spec, labels, ref_preds))
@@ -107,18 +100,22 @@ def run_bench(
     return result
 
 
+def artifact_record(folder: Path, manifest: Manifest) -> dict:
+    """The ``artifact`` object of a bench result."""
+    return {
+        "path": str(Path(folder).resolve()),
+        "target": manifest.target,
+        "backend": manifest.backend,
+        "precision": manifest.precision,
+        "size_bytes": manifest.model_bytes,
+    }
+
+
 def measure_latency(rt, x: np.ndarray, *, runs: int, warmup: int, load_ms: float, what: str):
     """LatencyStats of rt.invoke on one preprocessed float image x (1, H, W, 3), in the artifact's
     input dtype and batch: the one latency measurement of `bench` and `evaluate`."""
-    batch = quantize(np.repeat(x, rt.batch_size, axis=0), rt.input_spec)
     with console.progress(f"Timing {what}: {warmup} warm-up + {runs} runs", total=None):
-        first_ms, samples = time_invoke(rt.invoke, batch, runs=runs, warmup=warmup)
-    return summarize(samples, warmup=warmup, threads=rt.threads, load_ms=load_ms, first_ms=first_ms)
-
-
-def model_bytes(manifest: dict) -> int:
-    """Size of the artifact's model file(s): every listed file but labels/calibration/JSON."""
-    return sum(e["bytes"] for name, e in manifest.get("files", {}).items() if not name.endswith((".txt", ".json")))
+        return measure(rt, x, runs=runs, warmup=warmup, load_ms=load_ms)
 
 
 def _accuracy(rt, files, targets, root: Path, spec, labels, ref_preds) -> dict:
@@ -153,7 +150,7 @@ def _accuracy(rt, files, targets, root: Path, spec, labels, ref_preds) -> dict:
     return out
 
 
-def _read_reference(path: Path) -> dict[str, str]:
+def read_reference(path: Path) -> dict[str, str]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -162,6 +159,27 @@ def _read_reference(path: Path) -> dict[str, str]:
     if not isinstance(preds, dict) or not preds:
         raise BadInput(f"--reference {path} has no 'predictions'; pass the --json output of `bench --data` on the fp32 artifact")
     return {str(k): str(v) for k, v in preds.items()}
+
+
+def device_lines(result: dict) -> list[str]:
+    """What `bench --device` adds to the table: the device, and parity with the host."""
+    device = result.get("device") or {}
+    if device.get("transport", "in-process") == "in-process":
+        return []
+    host = result["host"]
+    core = f", {host['cpu_core']}" if host.get("cpu_core") else ""
+    runtime = ", ".join(f"{k} {v}" for k, v in (device.get("runtime") or {}).items())
+    lines = [f"device {device['spec']}: {host['machine']}{core}, {host.get('os', '')}, Python {host['python']}, {runtime}"]
+    if result.get("latency_emulated"):
+        lines.append(f"EMULATED ({device.get('cpu_model')} under QEMU): this latency says nothing about any device's speed")
+    p = result.get("parity")
+    if p:
+        verdict = "ok" if p["passed"] else f"FAILED (below {p['min_agreement']:.0%})"
+        lines.append(
+            f"parity with the host on {p['images']} inputs: top-1 agreement {p['top1_agreement']:.2%} {verdict}, "
+            f"max difference {p['max_step_diff']:g} output steps ({p['step_from']})"
+        )
+    return lines
 
 
 def print_bench(result: dict) -> None:
@@ -190,6 +208,8 @@ def print_bench(result: dict) -> None:
         f"{lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} thread(s), on {result['host']['cpu']}",
         highlight=False,
     )
+    for line in device_lines(result):
+        con.print(line, highlight=False)
     if "accuracy" in result:
         acc = result["accuracy"]
         skipped = f" ({acc['undecodable']} undecodable, counted as misses)" if acc["undecodable"] else ""

@@ -23,9 +23,12 @@ from . import backends, console
 from .accuracy import topk_hits
 from .calibration import sha256_file
 from .errors import BadInput, ConversionFailed
+from .inspection.base import InspectContext
 from .inspection.layers import float_mac_share, layer_parts
 from .preprocess import PreprocessSpec, load_images
 from .profiles import Precision, TargetProfile
+from .records import BudgetAttempt, BudgetRecord, Manifest, Verification
+from .records.budget import METHOD
 
 MEASURE_IMAGES = 32  # calibration images the per-layer ranking is measured on
 
@@ -100,61 +103,37 @@ def _sizes(n: int) -> list[int]:
 
 
 def keep_within_budget(
-    profile: TargetProfile, max_drop: float, validation: Validation, src, calib, build, stage: Path, workdir: Path
-) -> tuple[dict, object, dict]:
-    """``build(profile, **converter_options) -> (manifest, runtime, verify_result)`` converts into
-    ``stage``; returns the (manifest, verify_result, budget record) of the first conversion within
-    budget, or raises ConversionFailed with the best drop reached."""
-    from .inspection import backend_module
-    from .inspection.base import InspectContext, blame, finish
-
+    profile: TargetProfile, max_drop: float, validation: Validation, src, calib, build, stage: Path, exports
+) -> tuple[Manifest, Verification | None, BudgetRecord]:
+    """``build(profile, **converter_options) -> (manifest, runtime, verification)`` converts into
+    ``stage``; returns the (manifest, verification, budget record) of the first conversion within
+    budget, or raises ConversionFailed with the best drop reached. ``exports``: the run's
+    ``exports.Exports``, which the ranking's re-quantization shares."""
     base_scope = tuple(profile.quantization.ignored_scope)
     parts = layer_parts(src.keras_model)
     limit = profile.quantization.max_float_mac_share
     manifest, runtime, result = build(profile)
     drop = drop_pp(validation, runtime)
-    attempts = [
-        {
-            "float_layers": list(base_scope),
-            "float_mac_share": round(float_mac_share(parts, base_scope), 6),
-            "drop_pp": round(drop, 3),
-        }
-    ]
+    first = BudgetAttempt(base_scope, round(float_mac_share(parts, base_scope), 6), round(drop, 3))
+    attempts = [first]
     console.info(
         f"[{profile.name}] accuracy budget: top-1 drop {drop:.2f} pp on {len(validation.files)} validation images "
         f"(budget {max_drop:g} pp)"
     )
-    record = {
-        "method": "layers ranked by inspect, kept in float by the backend",
-        "max_drop_pp": max_drop,
-        "validation": validation.origin,
-        "validation_images": len(validation.files),
-        "fp32_top1": round(validation.fp32_top1, 6),
-        "max_float_mac_share": limit,
-    }
+    record = BudgetRecord(
+        METHOD, max_drop, validation.origin, len(validation.files), round(validation.fp32_top1, 6), limit,
+        first.drop_pp, first.float_layers, first.float_mac_share, (first,),
+    )  # fmt: skip
     if drop <= max_drop:
-        return (
-            manifest,
-            result,
-            {
-                **record,
-                "drop_pp": round(drop, 3),
-                "float_layers": list(base_scope),
-                "float_mac_share": attempts[0]["float_mac_share"],
-                "attempts": attempts,
-            },
-        )
+        return manifest, result, record
     if profile.precision is not Precision.INT8:
         raise ConversionFailed(
             f"{profile.name}: top-1 drop {drop:.2f} pp on {validation.origin} is over the budget of {max_drop:g} pp, and a "
             f"{profile.precision.value} artifact has no int8 layers to keep in float; raise --max-drop or choose another "
             "precision; the artifact was not written"
         )
-
-    ctx = InspectContext(stage, manifest, profile, src, calib, calib.images[:MEASURE_IMAGES], workdir, parts)
-    ranked = blame(finish(backend_module(profile.backend).measure(ctx), parts), base_scope)
-    console.info(f"[{profile.name}] over budget; most harmful layers (inspect's ranking): {', '.join(ranked[:5])}")
-    fitting = [k for k in _sizes(len(ranked)) if float_mac_share(parts, base_scope + tuple(ranked[:k])) <= limit]
+    ctx = InspectContext(stage, manifest, profile, src, calib, calib.images[:MEASURE_IMAGES], exports, parts)
+    ranked = _ranked(ctx, base_scope)
     best = (drop, list(base_scope))
     own = backends.get(profile.backend).accuracy()
     if own is not None:  # the backend's own accuracy-aware quantization first
@@ -162,8 +141,27 @@ def keep_within_budget(
         if built is not None:
             return built
         own_try = attempts[-1]
-        if own_try["drop_pp"] < best[0] and own_try["float_mac_share"] <= limit:
-            best = (own_try["drop_pp"], own_try["float_layers"])
+        if own_try.drop_pp < best[0] and own_try.float_mac_share <= limit:
+            best = (own_try.drop_pp, list(own_try.float_layers))
+    return _keep_more_in_float(profile, max_drop, validation, parts, ranked, build, stage, attempts, record, best)
+
+
+def _ranked(ctx, base_scope: tuple[str, ...]) -> list[str]:
+    """Keras layers, most harmful first, measured by ``inspect``'s backend module on the artifact just built."""
+    from .inspection import backend_module
+    from .inspection.base import blame, finish
+
+    ranked = blame(finish(backend_module(ctx.profile.backend).measure(ctx), ctx.parts), base_scope)
+    console.info(f"[{ctx.profile.name}] over budget; most harmful layers (inspect's ranking): {', '.join(ranked[:5])}")
+    return ranked
+
+
+def _keep_more_in_float(profile, max_drop, validation, parts, ranked, build, stage, attempts, record, best):
+    """Re-convert with the 1, 2, 4, ... most harmful layers in float (within the MAC limit) until
+    the drop is within budget; ConversionFailed with the best drop reached otherwise."""
+    base_scope = tuple(profile.quantization.ignored_scope)
+    limit = profile.quantization.max_float_mac_share
+    fitting = [k for k in _sizes(len(ranked)) if float_mac_share(parts, base_scope + tuple(ranked[:k])) <= limit]
     for k in fitting:
         scope = base_scope + tuple(ranked[:k])
         share = float_mac_share(parts, scope)
@@ -171,22 +169,12 @@ def keep_within_budget(
         clear_stage(stage)
         manifest, runtime, result = build(trial)
         drop = drop_pp(validation, runtime)
-        attempts.append({"float_layers": list(scope), "float_mac_share": round(share, 6), "drop_pp": round(drop, 3)})
+        attempts.append(BudgetAttempt(scope, round(share, 6), round(drop, 3)))
         console.info(f"[{profile.name}] {k} layer(s) in float ({share:.1%} of MACs): top-1 drop {drop:.2f} pp")
         if drop < best[0]:
             best = (drop, list(scope))
         if drop <= max_drop:
-            return (
-                manifest,
-                result,
-                {
-                    **record,
-                    "drop_pp": round(drop, 3),
-                    "float_layers": list(scope),
-                    "float_mac_share": round(share, 6),
-                    "attempts": attempts,
-                },
-            )
+            return manifest, result, record.kept(attempts[-1], attempts)
     tried = f"{len(attempts) - 1} re-conversion(s)" if len(attempts) > 1 else "no re-conversion (no layer fits the MAC limit)"
     raise ConversionFailed(
         f"{profile.name}: top-1 drop stays above the budget of {max_drop:g} pp on {validation.origin}: best {best[0]:.2f} pp "

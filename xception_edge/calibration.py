@@ -18,19 +18,12 @@ import numpy as np
 
 from .console import progress, warn
 from .errors import BadInput
+from .hashing import sha256_file
 from .preprocess import IMAGE_SUFFIXES, PreprocessSpec, UndecodableImage, list_images, load_image
 
 MIN_DECODED = 10
 WARN_BELOW = 100
 _HASHED_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+(.+)$")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

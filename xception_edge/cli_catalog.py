@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from . import cli_options as opt
 from . import console
 from .cli import cli
 
@@ -18,7 +19,7 @@ def targets():
 
 
 @targets.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@opt.json_flag
 def targets_list(as_json):
     """List the built-in targets."""
     from .targets import builtin_names, resolve_target
@@ -34,7 +35,7 @@ def targets_list(as_json):
 
 @targets.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@opt.json_flag
 def targets_show(name, as_json):
     """Show one target profile (a built-in name or a .toml path)."""
     from .targets import resolve_target
@@ -54,17 +55,16 @@ def calibration():
 
 
 @calibration.command("make")
-@click.option(
+@opt.path_option(
     "--from",
     "src",
     required=True,
-    type=click.Path(path_type=Path),
     metavar="DIR",
     help="Folder of images (class sub-folders give a class-balanced sample).",
 )
 @click.option("--num", type=int, default=300, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE")
+@opt.seed()
+@opt.path_option("--out", required=True, metavar="FILE")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 def calibration_make(src, num, seed, out, force):
     """Write a deterministic, class-balanced list of calibration images (paths relative to --from)."""

@@ -6,18 +6,13 @@ from pathlib import Path
 
 import click
 
+from . import cli_options as opt
 from .cli import _emit_json, cli
 
 
 # ---------------------------------------------------------------- convert
 @cli.command()
-@click.option(
-    "--model",
-    "model",
-    required=True,
-    metavar="M",
-    help="A .keras or .h5 file, a SavedModel folder, or keras:xception (stock architecture).",
-)
+@opt.model("A .keras or .h5 file, a SavedModel folder, or keras:xception (stock architecture).")
 @click.option(
     "--target",
     "targets",
@@ -26,29 +21,17 @@ from .cli import _emit_json, cli
     metavar="T",
     help="Built-in target name, a path to a .toml profile, or 'all'. Repeatable.",
 )
-@click.option(
-    "--calibration",
-    type=click.Path(path_type=Path),
-    metavar="DIR|LIST",
-    help="Calibration images: a folder (class sub-folders optional) or a list file of relative paths.",
-)
-@click.option(
-    "--calibration-root",
-    type=click.Path(path_type=Path),
-    metavar="DIR",
-    help="Folder a list file's paths are relative to (default: the list file's folder).",
-)
+@opt.calibration("Calibration images: a folder (class sub-folders optional) or a list file of relative paths.")
+@opt.calibration_root("Folder a list file's paths are relative to (default: the list file's folder).")
 @click.option(
     "--num-calibration",
     type=int,
-    default=None,
     metavar="N",
     help="Calibration images to sample (default: the target profile's calibration_size, 300).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the deterministic sampling.")
-@click.option(
+@opt.seed("Seed of the deterministic sampling.")
+@opt.path_option(
     "--out",
-    type=click.Path(path_type=Path),
     default=Path("artifacts"),
     show_default=True,
     help="Output folder; each target is written to OUT/<target>/.",
@@ -60,39 +43,15 @@ from .cli import _emit_json, cli
     show_default=True,
     help="Check each artifact against the source model before writing it.",
 )
-@click.option(
+@opt.path_option(
     "--verify-data",
-    type=click.Path(path_type=Path),
     metavar="DIR",
     help="Held-out images for verification (default: calibration images not used for calibration).",
 )
-@click.option(
-    "--labels",
-    type=click.Path(path_type=Path),
-    metavar="FILE",
-    help="Class names, one per line (default: the calibration folder's class sub-folders, sorted).",
-)
-@click.option(
-    "--unsafe-model", is_flag=True, help="Load .keras files with Keras safe mode off (Lambda layers). Trust the file first."
-)
-@click.option(
-    "--weights",
-    type=click.Choice(["imagenet", "none"]),
-    default="imagenet",
-    show_default=True,
-    help="keras:xception only: ImageNet weights (needs the internet) or random.",
-)
-@click.option("--input-size", type=int, default=299, show_default=True, help="keras:xception only: input size (≥71).")
-@click.option("--num-classes", type=int, default=1000, show_default=True, help="keras:xception only: classes.")
-@click.option(
-    "--resize",
-    type=click.Choice(["resize", "crop"]),
-    default="resize",
-    show_default=True,
-    help="Plain resize (as image_dataset_from_directory) or shorter side + centre crop (ImageNet style).",
-)
-@click.option("--crop-fraction", type=float, default=0.875, show_default=True, help="With --resize crop.")
-@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]), default="bilinear", show_default=True)
+@opt.labels
+@opt.unsafe_model("Load .keras files with Keras safe mode off (Lambda layers). Trust the file first.")
+@opt.keras_xception
+@opt.preprocessing
 @click.option(
     "--max-drop",
     type=float,
@@ -101,24 +60,15 @@ from .cli import _emit_json, cli
     help="Accuracy budget: top-1 drop (percentage points) on --validation that an int8 artifact may lose; "
     "over it, the most harmful layers are kept in float (up to the profile's max_float_mac_share).",
 )
-@click.option(
+@opt.path_option(
     "--validation",
-    type=click.Path(path_type=Path),
     metavar="DIR|LIST",
     help="Labelled held-out images for --max-drop (class sub-folders, or a list file of 'path label').",
 )
 @click.option(
     "--strict", is_flag=True, help="Validation images that are also calibration images (same sha256) are an error, not a warning."
 )
-@click.option(
-    "--json",
-    "json_out",
-    is_flag=False,
-    flag_value="-",
-    default=None,
-    metavar="[PATH]",
-    help="Write machine-readable results to stdout (--json) or a file (--json=PATH).",
-)
+@opt.json_output("Write machine-readable results to stdout (--json) or a file (--json=PATH).")
 def convert(
     model,
     targets,
@@ -189,21 +139,19 @@ def _report_conversions(results, json_out) -> None:
 
 # ---------------------------------------------------------------- demo
 @cli.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-artifacts"), show_default=True)
-@click.option(
+@opt.path_option("--out", default=Path("demo-artifacts"), show_default=True)
+@opt.path_option(
     "--cache",
-    type=click.Path(path_type=Path),
     default=None,
     help="Where the demo data and model are cached (default: $XCEPTION_EDGE_CACHE or ~/.cache/xception-edge).",
 )
-@click.option(
+@opt.path_option(
     "--report",
-    type=click.Path(path_type=Path),
     default=None,
     metavar="DIR",
     help="Where the evaluation reports go: DIR/val/ and DIR/val_hard/ (default: OUT-report).",
 )
-@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+@opt.json_output()
 @click.option("--tiny", is_flag=True, hidden=True, help="A small, quick demo variant (for tests).")
 def demo(out, cache, report, json_out, tiny):
     """Build (or reuse) the demo dataset and model, convert it to every built-in target, evaluate

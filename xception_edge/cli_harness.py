@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from . import cli_options as opt
 from . import console
 from .cli import _emit_json, cli
 
@@ -13,22 +14,20 @@ from .cli import _emit_json, cli
 # ---------------------------------------------------------------- bench
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs.")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first (the first is reported apart).")
+@opt.runs("Timed runs.")
+@opt.warmup("Untimed runs first (the first is reported apart).")
 @click.option("--threads", type=int, default=None, help="Runtime threads (default: the target profile's).")
-@click.option(
+@opt.path_option(
     "--data",
-    type=click.Path(path_type=Path),
     metavar="DIR",
     help="Images (class sub-folders named as in labels.txt give top-1/top-5 per class).",
 )
-@click.option(
+@opt.path_option(
     "--reference",
-    type=click.Path(path_type=Path),
     metavar="PRED.json",
     help="The --json of an fp32 `bench --data` run: top-1 agreement and flipped images.",
 )
-@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+@opt.json_output()
 def bench(artifact, runs, warmup, threads, data, reference, json_out):
     """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this device."""
     from . import api
@@ -45,38 +44,23 @@ def bench(artifact, runs, warmup, threads, data, reference, json_out):
 
 # ---------------------------------------------------------------- evaluate
 @cli.command()
-@click.option(
-    "--model",
-    "model",
-    required=True,
-    metavar="M",
-    help="The Keras model the artifacts were converted from (.keras, .h5, SavedModel folder, keras:xception).",
-)
-@click.option(
+@opt.model("The Keras model the artifacts were converted from (.keras, .h5, SavedModel folder, keras:xception).")
+@opt.path_option(
     "--artifacts",
     required=True,
-    type=click.Path(path_type=Path),
     metavar="DIR",
     help="The --out folder of convert (every sub-folder with a manifest.json), or one artifact folder.",
 )
-@click.option(
+@opt.path_option(
     "--data",
     required=True,
-    type=click.Path(path_type=Path),
     metavar="DIR|LIST",
     help="Labelled images: class sub-folders named as in labels.txt, or a list file of 'relative/path label' lines.",
 )
-@click.option(
-    "--report",
-    type=click.Path(path_type=Path),
-    default=Path("report"),
-    show_default=True,
-    metavar="OUT",
-    help="Folder for report.json, report.md, report.html and the per-artifact results.",
-)
+@opt.report(Path("report"), "Folder for report.json, report.md, report.html and the per-artifact results.")
 @click.option("--resume", is_flag=True, help="Reuse the results an earlier (interrupted) run stored in OUT/results/.")
-@click.option("--runs", type=int, default=50, show_default=True, help="Timed latency runs per model.")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
+@opt.runs("Timed latency runs per model.")
+@opt.warmup("Untimed runs first.")
 @click.option(
     "--decode-threads",
     type=int,
@@ -84,8 +68,8 @@ def bench(artifact, runs, warmup, threads, data, reference, json_out):
     show_default=True,
     help="Background threads decoding images while the models run (0: decode first, then infer).",
 )
-@click.option("--unsafe-model", is_flag=True, help="Load a .keras file with Keras safe mode off (Lambda layers).")
-@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+@opt.unsafe_model()
+@opt.json_output()
 def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, json_out):
     """Compare the Keras fp32 model and every artifact on the same labelled images: top-1/top-5,
     drop vs fp32, agreement, flips per class, latency, size; writes OUT/report.{json,md,html}."""
@@ -106,7 +90,7 @@ def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_thread
         unsafe_model=unsafe_model,
     )
     if json_out:
-        _emit_json(result, json_out)
+        _emit_json(result.to_dict(), json_out)
     if json_out != "-":
         print_report(result)
 
@@ -114,18 +98,15 @@ def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_thread
 # ---------------------------------------------------------------- gate
 @cli.command()
 @click.argument("report", type=click.Path(path_type=Path))
-@click.option(
+@opt.path_option(
     "--gates",
     "gates_file",
-    type=click.Path(path_type=Path),
     metavar="FILE",
     help="TOML overriding the profiles' [gates] per target or artifact folder: [TARGET] max_top1_drop_pp = 1.5; "
     "[NAME] ungated = true for an artifact no gate applies to.",
 )
-@click.option(
-    "--junit", type=click.Path(path_type=Path), metavar="OUT.xml", help="Write JUnit XML (one test case per artifact and gate)."
-)
-@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+@opt.path_option("--junit", metavar="OUT.xml", help="Write JUnit XML (one test case per artifact and gate).")
+@opt.json_output()
 def gate(report, gates_file, junit, json_out):
     """Check every artifact of REPORT.json (from `evaluate`) against its target's accuracy gates.
     Exit 0: all pass; 1: a gate fails; 2: bad input."""
@@ -161,29 +142,14 @@ def gate(report, gates_file, junit, json_out):
 # ---------------------------------------------------------------- inspect
 @cli.command()
 @click.argument("artifacts", type=click.Path(path_type=Path))
-@click.option(
-    "--model", "model", required=True, metavar="M", help="The Keras model (.keras/.h5) the artifacts were converted from."
-)
-@click.option(
-    "--calibration",
-    required=True,
-    type=click.Path(path_type=Path),
-    metavar="DIR|LIST",
-    help="The calibration images the artifacts were made with (the same sample is drawn again).",
-)
-@click.option("--calibration-root", type=click.Path(path_type=Path), metavar="DIR", help="Root of a list file's paths.")
+@opt.model("The Keras model (.keras/.h5) the artifacts were converted from.")
+@opt.calibration("The calibration images the artifacts were made with (the same sample is drawn again).", required=True)
+@opt.calibration_root("Root of a list file's paths.")
 @click.option("--num-images", type=int, default=32, show_default=True, help="Images to measure the activations on.")
 @click.option("--top", type=int, default=10, show_default=True, help="Layers shown per artifact (all are in the JSON).")
-@click.option(
-    "--report",
-    type=click.Path(path_type=Path),
-    default=Path("inspect-report"),
-    show_default=True,
-    metavar="OUT",
-    help="Folder for inspect.json, inspect.md and inspect.html (with the plot).",
-)
-@click.option("--unsafe-model", is_flag=True, help="Load a .keras file with Keras safe mode off (Lambda layers).")
-@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[PATH]")
+@opt.report(Path("inspect-report"), "Folder for inspect.json, inspect.md and inspect.html (with the plot).")
+@opt.unsafe_model()
+@opt.json_output()
 def inspect(artifacts, model, calibration, calibration_root, num_images, top, report, unsafe_model, json_out):
     """Per-layer quantization error of each int8 artifact in ARTIFACTS (one artifact folder or the
     --out folder of convert): SQNR vs fp32, layer type and MAC share, worst first."""

@@ -29,8 +29,9 @@ class BadInput(XceptionEdgeError):
 class BackendUnavailable(BadInput):
     """A backend package is not installed; the message names the extra to install."""
 
-    def __init__(self, package: str, extra: str):
-        super().__init__(f"{package} is not installed; install it with: pip install 'xception-edge[{extra}]'")
+    def __init__(self, package: str, extra: str, where: str = ""):
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}{package} is not installed; install it with: pip install 'xception-edge[{extra}]'")
         self.package = package
         self.extra = extra
 

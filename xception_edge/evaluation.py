@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 from . import __version__, console
 from .accuracy import accuracy_report, agreement
 from .artifact import output_lock
-from .benchmark import cpu_mismatch, measure_latency, model_bytes
+from .benchmark import cpu_mismatch, measure_latency
 from .dataset import LabelledImages, labelled_images
 from .errors import BadInput
 from .hostinfo import host
@@ -33,14 +32,14 @@ from .evaluation_inputs import (  # noqa: F401  (Artifact, same_source_model: pa
     _check_report_dir,
     _model_hash,
     discover_artifacts,
-    float_layers,
     same_source_model,
     shared_preprocessing,
 )
+from .records import REPORT_SCHEMA, REPORT_VERSION, Report, ReportRow
 from .resultstore import ResultStore
 
-SCHEMA = "xception-edge/report"
-SCHEMA_VERSION = 1
+SCHEMA = REPORT_SCHEMA
+SCHEMA_VERSION = REPORT_VERSION
 KERAS = "keras-fp32"
 BATCH = 32
 MLPERF_RATIO = 0.99  # MLPerf's closed-division rule: a quantized model keeps ≥ 99% of fp32 top-1
@@ -75,30 +74,31 @@ def _score(
     return acc, preds
 
 
-def _compare(row: dict, acc: dict, preds: dict, ref: dict, ref_preds: dict, label_of: dict) -> dict:
-    """drop (percentage points), ratio to fp32, agreement and flips per class."""
+def _compare(row: ReportRow, acc: dict, preds: dict, ref: ReportRow, ref_preds: dict, label_of: dict) -> ReportRow:
+    """``row`` scored against the Keras reference: drop (percentage points), ratio to fp32,
+    agreement and flips per class."""
     agr = agreement(preds, ref_preds)
     flips: dict[str, list] = {}
     for f in agr["flipped"]:
         flips.setdefault(label_of[f["image"]], []).append(
             {"image": f["image"], "keras": f["reference"], "artifact": f["prediction"]}
         )
-    ratio = acc["top1"] / ref["top1"] if ref["top1"] else None
-    per_class = {c: {**v, "drop_pp": 100 * (v["top1"] - ref["per_class"][c]["top1"])} for c, v in acc["per_class"].items()}
-    return {
-        **row,
-        "images": acc["images"],
-        "top1": acc["top1"],
-        "top5": acc["top5"],
-        "drop_pp": 100 * (acc["top1"] - ref["top1"]),
-        "top5_drop_pp": 100 * (acc["top5"] - ref["top5"]),
-        "ratio": ratio,
-        "meets_mlperf_99": None if ratio is None else bool(ratio >= MLPERF_RATIO),
-        "agreement": agr["agreement"],
-        "flipped": len(agr["flipped"]),
-        "flips_per_class": {c: flips[c] for c in ref["per_class"] if c in flips},  # in label order
-        "per_class": per_class,
-    }
+    ratio = acc["top1"] / ref.top1 if ref.top1 else None
+    per_class = {c: {**v, "drop_pp": 100 * (v["top1"] - ref.per_class[c]["top1"])} for c, v in acc["per_class"].items()}
+    return dataclasses.replace(
+        row,
+        images=acc["images"],
+        top1=acc["top1"],
+        top5=acc["top5"],
+        drop_pp=100 * (acc["top1"] - ref.top1),
+        top5_drop_pp=100 * (acc["top5"] - ref.top5),
+        ratio=ratio,
+        meets_mlperf_99=None if ratio is None else bool(ratio >= MLPERF_RATIO),
+        agreement=agr["agreement"],
+        flipped=len(agr["flipped"]),
+        flips_per_class={c: flips[c] for c in ref.per_class if c in flips},  # in label order
+        per_class=per_class,
+    )
 
 
 def _predict(predict, feed, num_classes: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -115,7 +115,39 @@ def _predict(predict, feed, num_classes: int) -> tuple[np.ndarray, np.ndarray, f
 
 
 # ------------------------------------------------------------------ the run
-def run_evaluate(req: EvaluateRequest) -> dict:
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every step of one evaluation reads; nothing in it changes once the run has started."""
+
+    req: EvaluateRequest
+    arts: tuple[Artifact, ...]
+    spec: PreprocessSpec
+    labels: list[str]
+    data: LabelledImages
+    data_sha: str
+    host: dict  # latency belongs to the machine: a result measured elsewhere is not reused
+    store: ResultStore
+    keras_key: str | None  # None: --model has no hash before it is built (keras:xception), never reused
+    art_keys: dict[str, str]
+
+    @property
+    def settings(self) -> dict:
+        return {"runs": self.req.runs, "warmup": self.req.warmup}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shared:
+    """The decoded images and the Keras reference every artifact is scored against."""
+
+    feed: object  # imagefeed.ImageFeed, every image decoded
+    reference: ReportRow
+    predictions: dict[str, str]
+    label_of: dict[str, str]  # image key -> its true class
+    failed_idx: list[int]
+    x0: np.ndarray  # the first decodable image (1, H, W, 3): what latency is timed on
+
+
+def run_evaluate(req: EvaluateRequest) -> Report:
     """Evaluate under an exclusive lock on the --report folder (a second run there fails at once)."""
     report = Path(req.report)
     if report.exists() and not report.is_dir():
@@ -124,239 +156,153 @@ def run_evaluate(req: EvaluateRequest) -> dict:
         return _run_evaluate(req)
 
 
-def _run_evaluate(req: EvaluateRequest) -> dict:
+def _run_evaluate(req: EvaluateRequest) -> Report:
+    from .report import write_report
+
     if req.runs < 1:
         raise BadInput(f"--runs {req.runs} must be at least 1")
-    if req.warmup < 0:
-        raise BadInput(f"--warmup {req.warmup} must not be negative")
-    if req.decode_threads < 0:
-        raise BadInput(f"--decode-threads {req.decode_threads} must not be negative")
-    report_dir = Path(req.report)
-    arts = discover_artifacts(Path(req.artifacts), report_dir)
+    for option, value in (("--warmup", req.warmup), ("--decode-threads", req.decode_threads)):
+        if value < 0:
+            raise BadInput(f"{option} {value} must not be negative")
+    arts = discover_artifacts(Path(req.artifacts), Path(req.report))
     spec, labels = shared_preprocessing(arts)
     data = labelled_images(req.data, labels, require_labels=True)
-    _check_report_dir(report_dir)
+    _check_report_dir(Path(req.report))
     t_start = time.perf_counter()
+    run = _open_run(req, tuple(arts), spec, labels, data)
+    keras, reference, artifacts, timing = _results(run)
+    timing["total_seconds"] = time.perf_counter() - t_start
+    report = _assemble(run, keras, reference, artifacts, timing)
+    files = write_report(report, Path(req.report))
+    run.store.prune()
+    return dataclasses.replace(report, files={k: str(v) for k, v in files.items()})
+
+
+def _open_run(req: EvaluateRequest, arts: tuple[Artifact, ...], spec: PreprocessSpec, labels: list[str], data) -> _Run:
+    """Hash the data and --model, and key every result by what decides it (for --resume)."""
     data_sha = data.sha256(labels)
     model_sha = _model_hash(req.model)
-    store = ResultStore(report_dir / RESULTS, resume=req.resume, labels=labels)
+    here = host()
     settings = {"runs": req.runs, "warmup": req.warmup}
-
-    here = host()  # latency belongs to the machine: a result measured elsewhere is not reused
     keras_key = (
         _key(kind="keras", model=model_sha, data=data_sha, preprocessing=spec.to_dict(), host=here, **settings)
         if model_sha
         else None
     )
-    keras_cached = store.load(KERAS, keras_key, keras=True) if keras_key else None
     art_keys = {a.name: _key(kind="artifact", manifest=a.manifest_sha256, data=data_sha, host=here, **settings) for a in arts}
-    cached = {a.name: store.load(a.name, art_keys[a.name]) for a in arts}
+    store = ResultStore(Path(req.report) / RESULTS, resume=req.resume, labels=labels)
+    return _Run(req, arts, spec, labels, data, data_sha, here, store, keras_key, art_keys)
+
+
+def _results(run: _Run) -> tuple[dict, ReportRow, list[ReportRow], dict]:
+    """The Keras result, its row, every artifact's row (reused or computed), and the timing."""
+    keras_cached = run.store.load(KERAS, run.keras_key, keras=True) if run.keras_key else None
+    cached = {a.name: run.store.load(a.name, run.art_keys[a.name]) for a in run.arts}
     reused = [n for n, c in cached.items() if c] + ([KERAS] if keras_cached else [])
     if reused:
-        console.info(f"--resume: reusing {len(reused)} finished result(s) from {store.folder}: {', '.join(reused)}")
+        console.info(f"--resume: reusing {len(reused)} finished result(s) from {run.store.folder}: {', '.join(reused)}")
+    todo = [a for a in run.arts if not cached[a.name]]
+    keras, rows, timing = keras_cached, {}, {}
+    try:
+        if not (keras_cached and not todo):
+            keras, rows, timing = _compute(run, todo, keras_cached)
+    except KeyboardInterrupt:
+        done = len(run.store.used)
+        if done:
+            console.warn(
+                f"interrupted: {done} finished result(s) are kept in {run.store.folder}; rerun with --resume to skip them"
+            )
+        raise
+    rows |= {name: dataclasses.replace(c["row"], reused=True) for name, c in cached.items() if c}
+    reference = dataclasses.replace(keras["row"], reused=keras is keras_cached)
+    src_sha = keras["model_sha256"]
+    artifacts = [dataclasses.replace(rows[a.name], same_source_model=same_source_model(a, src_sha)) for a in run.arts]
+    return keras, reference, artifacts, timing
+
+
+def _assemble(run: _Run, keras: dict, reference: ReportRow, artifacts: list[ReportRow], timing: dict) -> Report:
+    data = run.data
+    return Report(
+        reference=reference,
+        artifacts=tuple(artifacts),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        xception_edge=__version__,
+        host=run.host,
+        settings={**run.settings, "decode_threads": run.req.decode_threads, "batch": BATCH, "mlperf_ratio": MLPERF_RATIO},
+        model={"spec": run.req.model, "sha256": keras["model_sha256"], **keras["model"]},
+        preprocessing=run.spec.to_dict(),
+        labels=run.labels,
+        data={**keras["data"], "source": data.origin, "root": str(data.root), "form": data.form, "sha256": run.data_sha},
+        timing=timing,
+    )
+
+
+def _compute(run: _Run, todo: list[Artifact], keras_cached: dict | None) -> tuple[dict, dict[str, ReportRow], dict]:
+    """Decode once (in the background), run Keras unless cached, then every artifact not cached;
+    (the Keras result, the new artifact rows by name, the timing)."""
+    from .evaluation_keras import keras_pass, load_model
+    from .imagefeed import ImageFeed
 
     timing: dict = {}
-    rows: dict[str, dict] = {}
-    todo = [a for a in arts if not cached[a.name]]
-    try:
-        if keras_cached and not todo:
-            keras = keras_cached
-        else:
-            keras = _compute(req, arts, todo, spec, labels, data, keras_cached, keras_key, art_keys, store, timing, rows)
-        for a in arts:
-            if cached[a.name]:
-                rows[a.name] = {**cached[a.name]["row"], "reused": True}
-    except KeyboardInterrupt:
-        done = len(store.used)
-        if done:
-            console.warn(f"interrupted: {done} finished result(s) are kept in {store.folder}; rerun with --resume to skip them")
-        raise
-
-    ref = {**keras["row"], "reused": keras is keras_cached}
-    src_sha = keras["model_sha256"]
-    for a in arts:
-        rows[a.name]["same_source_model"] = same_source_model(a, src_sha)
-    timing["total_seconds"] = time.perf_counter() - t_start
-    report = {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "xception_edge": __version__,
-        "host": here,
-        "settings": {**settings, "decode_threads": req.decode_threads, "batch": BATCH, "mlperf_ratio": MLPERF_RATIO},
-        "model": {"spec": req.model, "sha256": src_sha, **keras["model"]},
-        "preprocessing": spec.to_dict(),
-        "labels": labels,
-        "data": {**keras["data"], "source": data.origin, "root": str(data.root), "form": data.form, "sha256": data_sha},
-        "reference": ref,
-        "artifacts": [rows[a.name] for a in arts],
-        "timing": timing,
-    }
-    from .report import write_report
-
-    report["files"] = {k: str(v) for k, v in write_report(report, report_dir).items()}
-    store.prune()
-    return report
-
-
-def _compute(req, arts, todo, spec, labels, data, keras_cached, keras_key, art_keys, store, timing, rows) -> dict:
-    """Decode once (in the background), run Keras unless cached, then every artifact not cached."""
-    from .imagefeed import ImageFeed
-    from .runtime import open_artifact
-
-    label_of = dict(zip(data.keys, (labels[t] for t in data.targets)))
     # The model loads before decoding starts: TensorFlow's import and Keras's deserialisation hold
     # the GIL most of the time, so a decoding thread beside them slowed both (measured).
-    loaded = None if keras_cached else _load_model(req, spec, labels, timing)
-    with ImageFeed(data.files, spec, workers=req.decode_threads) as feed:
+    if not keras_cached:
+        src, predict, timing["model_load_seconds"] = load_model(run.req, run.spec, run.labels)
+    with ImageFeed(run.data.files, run.spec, workers=run.req.decode_threads) as feed:
         t0 = time.perf_counter()
-        if keras_cached:
-            keras = keras_cached
-        else:
-            keras = _keras_pass(req, *loaded, labels, data, feed, timing, t0)
-            if keras_key:
-                store.save(KERAS, keras_key, keras)
-        ref, ref_preds = keras["row"], keras["predictions"]
-        feed.wait(len(feed))
-        failed_idx = sorted(feed.failed)
-        ok = feed.decoded
-        if len(ok) == 0:
-            raise BadInput(f"no image of {data.origin} could be decoded: {feed.failed[0]}")
-        x0 = feed.x[ok[0]][None]
+        keras = keras_cached
+        if not keras_cached:
+            keras, keras_timing = keras_pass(run.req, src, predict, run.labels, run.data, feed, t0, timing["model_load_seconds"])
+            timing |= keras_timing
+            if run.keras_key:
+                run.store.save(KERAS, run.keras_key, keras)
+        shared = _shared(run, feed, keras)
+        rows = {}
         timing["artifact_seconds"] = {}
         for a in todo:
-            t1 = time.perf_counter()
-            rt = open_artifact(a.folder, manifest=a.manifest)
-            load_ms = (time.perf_counter() - t1) * 1000
-            console.info(f"[{a.name}] predicting {len(ok)} images")
-            idx, probs, _ = _predict(rt.predict, feed, len(labels))
-            acc, preds = _score(probs, idx, data, labels, failed_idx)
-            stats = measure_latency(rt, x0, runs=req.runs, warmup=req.warmup, load_ms=load_ms, what=a.name)
-            m = a.manifest
-            row = {
-                "name": a.name,
-                "path": str(a.folder.resolve()),
-                "target": m["target"],
-                "backend": m["backend"],
-                "format": m.get("format"),
-                "precision": m["precision"],
-                "hardware": m.get("hardware"),
-                "manifest_sha256": a.manifest_sha256,
-                "size_bytes": model_bytes(m),
-                "threads": rt.threads,
-                **float_layers(m),
-            }
-            row = _compare(row, acc, preds, ref, ref_preds, label_of)
-            row.update(
-                latency=stats.to_dict(),
-                cpu_warning="; ".join(filter(None, [cpu_mismatch(m), rt.note])) or None,
-                seconds=time.perf_counter() - t1,
-            )
-            store.save(a.name, art_keys[a.name], {"row": row})
-            rows[a.name] = {**row, "reused": False}
-            timing["artifact_seconds"][a.name] = row["seconds"]
-            del rt
-    return keras
+            row = _artifact_row(run, a, shared)
+            run.store.save(a.name, run.art_keys[a.name], {"row": row})
+            rows[a.name] = dataclasses.replace(row, reused=False)
+            timing["artifact_seconds"][a.name] = row.seconds
+    return keras, rows, timing
 
 
-def _graph_predict(src):
-    """The source model as one compiled graph function (an eager Keras call costs ~10x more per
-    image on a small model, which would make the fp32 reference look slower than it is)."""
-    if src.keras_model is None:
-        return src.predict  # a SavedModel signature is a graph already
-    from . import frameworks
-
-    tf = frameworks.tensorflow()
-    model = src.keras_model
-    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return lambda x: fn(tf.constant(x)).numpy()
+def _shared(run: _Run, feed, keras: dict) -> _Shared:
+    feed.wait(len(feed))
+    ok = feed.decoded
+    if len(ok) == 0:
+        raise BadInput(f"no image of {run.data.origin} could be decoded: {feed.failed[0]}")
+    label_of = dict(zip(run.data.keys, (run.labels[t] for t in run.data.targets)))
+    return _Shared(feed, keras["row"], keras["predictions"], label_of, sorted(feed.failed), feed.x[ok[0]][None])
 
 
-def _load_model(req, spec: PreprocessSpec, labels, timing: dict):
-    from .model_io import load_source
+def _artifact_row(run: _Run, a: Artifact, shared: _Shared) -> ReportRow:
+    """Open one artifact, predict every image, score it against Keras and time it."""
+    from .runtime import open_artifact
 
-    t0 = time.perf_counter()
-    src = load_source(req.model, unsafe=req.unsafe_model)
-    timing["model_load_seconds"] = time.perf_counter() - t0
-    if (src.height, src.width) != (spec.height, spec.width):
-        raise BadInput(
-            f"--model {req.model} takes {src.height}x{src.width} images but the artifacts were made for "
-            f"{spec.height}x{spec.width}; pass the model they were converted from"
-        )
-    if src.num_classes != len(labels):
-        raise BadInput(
-            f"--model {req.model} has {src.num_classes} outputs but the artifacts' labels.txt has {len(labels)} "
-            "classes; pass the model they were converted from"
-        )
-    return src, _graph_predict(src)
-
-
-def _keras_pass(req, src, predict, labels, data: LabelledImages, feed, timing: dict, t_feed: float) -> dict:
-    from .latency import summarize, time_invoke
-
-    console.info(f"[{KERAS}] predicting {len(feed)} images (decoding in {feed.workers or 'the main'} thread(s) meanwhile)")
-    idx, probs, busy = _predict(predict, feed, len(labels))
-    timing["keras_predict_seconds"] = busy
-    timing["keras_waited_for_decoding_seconds"] = feed.wait_seconds
-    timing["first_pass_wall_seconds"] = time.perf_counter() - t_feed
-    timing["decode_seconds"] = feed.decode_seconds
-    timing["decode_cpu_seconds"] = feed.decode_cpu_seconds
-    timing["serial_estimate_seconds"] = feed.decode_cpu_seconds + busy
-    failed_idx = sorted(feed.failed)
-    if len(idx) == 0:
-        raise BadInput(f"no image of {data.origin} could be decoded: {feed.failed[0]}")
-    if failed_idx:
-        console.warn(
-            f"{len(failed_idx)} image(s) could not be decoded; counted as misses for every model: "
-            f"{'; '.join(feed.failed[i] for i in failed_idx[:3])}"
-        )
-    acc, preds = _score(probs, idx, data, labels, failed_idx)
-    x0 = feed.x[idx[0]][None]
-    with console.progress(f"Timing {KERAS}: {req.warmup} warm-up + {req.runs} runs", total=None):
-        first_ms, samples = time_invoke(predict, x0, runs=req.runs, warmup=req.warmup)
-    stats = summarize(
-        samples, warmup=req.warmup, threads=os.cpu_count() or 1, load_ms=timing["model_load_seconds"] * 1000, first_ms=first_ms
+    t1 = time.perf_counter()
+    rt = open_artifact(a.folder, manifest=a.manifest)
+    load_ms = (time.perf_counter() - t1) * 1000
+    console.info(f"[{a.name}] predicting {len(shared.feed.decoded)} images")
+    idx, probs, _ = _predict(rt.predict, shared.feed, len(run.labels))
+    acc, preds = _score(probs, idx, run.data, run.labels, shared.failed_idx)
+    stats = measure_latency(rt, shared.x0, runs=run.req.runs, warmup=run.req.warmup, load_ms=load_ms, what=a.name)
+    m, budget = a.manifest, a.manifest.accuracy_budget
+    row = ReportRow(
+        name=a.name,
+        path=str(a.folder.resolve()),
+        target=m.target,
+        backend=m.backend,
+        format=m.format,
+        precision=m.precision,
+        hardware=m.hardware,
+        manifest_sha256=a.manifest_sha256,
+        size_bytes=m.model_bytes,
+        threads=rt.threads,
+        float_layers=m.float_layers,
+        float_mac_share=budget.float_mac_share if budget else None,
+        max_drop_pp=budget.max_drop_pp if budget else None,
     )
-    path = Path(req.model)
-    size = (
-        (path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
-        if path.exists()
-        else None
-    )
-    keys = data.keys
-    row = {
-        "name": KERAS,
-        "path": str(path.resolve()) if path.exists() else req.model,
-        "target": None,
-        "backend": "keras",
-        "format": src.kind,
-        "precision": "fp32",
-        "hardware": "any",
-        "size_bytes": size,
-        "threads": os.cpu_count() or 1,
-        "images": acc["images"],
-        "top1": acc["top1"],
-        "top5": acc["top5"],
-        "drop_pp": 0.0,
-        "top5_drop_pp": 0.0,
-        "ratio": 1.0 if acc["top1"] else None,
-        "meets_mlperf_99": True if acc["top1"] else None,
-        "agreement": 1.0,
-        "flipped": 0,
-        "flips_per_class": {},
-        "per_class": {c: {**v, "drop_pp": 0.0} for c, v in acc["per_class"].items()},
-        "latency": stats.to_dict(),
-        "cpu_warning": None,
-    }
-    return {
-        "row": row,
-        "predictions": preds,
-        "model_sha256": src.sha256,
-        "model": {"kind": src.kind, "input": [src.height, src.width, 3], "num_classes": src.num_classes},
-        "data": {
-            "images": len(data.files),
-            "decoded": int(len(idx)),
-            "undecodable": [{"image": keys[i], "label": labels[data.targets[i]], "error": feed.failed[i]} for i in failed_idx],
-            "per_class_images": {c: v["images"] for c, v in acc["per_class"].items()},
-        },
-    }
+    row = _compare(row, acc, preds, shared.reference, shared.predictions, shared.label_of)
+    warning = "; ".join(filter(None, [cpu_mismatch(m), rt.note])) or None
+    return dataclasses.replace(row, latency=stats.to_dict(), cpu_warning=warning, seconds=time.perf_counter() - t1)

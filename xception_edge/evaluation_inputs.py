@@ -13,6 +13,7 @@ from .artifact import MANIFEST, read_manifest
 from .calibration import sha256_file
 from .errors import BadInput
 from .preprocess import PreprocessSpec
+from .records import Manifest
 
 RESULTS = "results"  # REPORT/results/: one JSON per finished row, for --resume
 
@@ -20,7 +21,7 @@ RESULTS = "results"  # REPORT/results/: one JSON per finished row, for --resume
 @dataclasses.dataclass(frozen=True)
 class Artifact:
     folder: Path
-    manifest: dict
+    manifest: Manifest
     manifest_sha256: str
 
     @property
@@ -63,9 +64,9 @@ def discover_artifacts(root: Path, report: Path | None = None) -> list[Artifact]
 def shared_preprocessing(arts: list[Artifact]) -> tuple[PreprocessSpec, list[str]]:
     """The one PreprocessSpec and label list every artifact must share."""
     first = arts[0]
-    spec, labels = PreprocessSpec.from_dict(first.manifest["preprocessing"]), list(first.manifest["labels"])
+    spec, labels = first.manifest.preprocessing, list(first.manifest.labels)
     for a in arts[1:]:
-        other = PreprocessSpec.from_dict(a.manifest["preprocessing"])
+        other = a.manifest.preprocessing
         if other != spec:
             diff = [
                 f"{k} {getattr(spec, k)!r} vs {getattr(other, k)!r}"
@@ -76,7 +77,7 @@ def shared_preprocessing(arts: list[Artifact]) -> tuple[PreprocessSpec, list[str
                 f"artifacts {first.name} and {a.name} use different preprocessing ({'; '.join(diff)}); "
                 "evaluate them separately (one --artifacts folder per preprocessing)"
             )
-        theirs = list(a.manifest["labels"])
+        theirs = list(a.manifest.labels)
         if theirs != labels:
             where = next((i for i, (x, y) in enumerate(zip(labels, theirs)) if x != y), min(len(labels), len(theirs)))
             raise BadInput(
@@ -85,15 +86,6 @@ def shared_preprocessing(arts: list[Artifact]) -> tuple[PreprocessSpec, list[str
                 f"{theirs[where] if where < len(theirs) else '—'!r}); evaluate artifacts of one model together"
             )
     return spec, labels
-
-
-def float_layers(manifest: dict) -> dict:
-    """Layers an int8 artifact keeps in float (the profile's ignored scope, or --max-drop's choice)."""
-    budget = manifest.get("accuracy_budget") or {}
-    layers = budget.get("float_layers")
-    if layers is None:
-        layers = list(((manifest.get("profile") or {}).get("quantization") or {}).get("ignored_scope") or [])
-    return {"float_layers": layers, "float_mac_share": budget.get("float_mac_share"), "max_drop_pp": budget.get("max_drop_pp")}
 
 
 def _check_report_dir(report: Path) -> None:
@@ -121,7 +113,7 @@ def _model_hash(spec: str) -> str | None:
 def same_source_model(art: Artifact, src_sha) -> bool:
     """True only when the artifact's manifest records the --model's own sha256 (for keras:xception,
     the sha256 of its weights); anything unconfirmed is False and warned about (`gate` fails it)."""
-    made_from = (art.manifest.get("source_model") or {}).get("sha256")
+    made_from = art.manifest.source_sha256
     if isinstance(src_sha, str) and src_sha and made_from == src_sha:
         return True
     if isinstance(src_sha, str) and src_sha and isinstance(made_from, str) and made_from:

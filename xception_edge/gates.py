@@ -13,15 +13,12 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from .errors import BadInput
-from .records import is_finite_number
 from .profiles import GateSpec
+from .records import Report, ReportRow, is_finite_number
 
-REPORT_SCHEMA = "xception-edge/report"
-REPORT_VERSION = 1
 _FIELDS = [f.name for f in dataclasses.fields(GateSpec)]
 _UNIT = ("min_top1_ratio", "min_agreement")  # fractions: limits within 0..1
 UNGATED = "ungated"  # gates-file key: `[NAME] ungated = true` says no limit applies to those artifacts
-_AGAIN = "write it again with `xception-edge evaluate`"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,61 +32,27 @@ class GateResult:
     target: str | None = None  # the row's target profile
 
 
-def load_report(path: Path) -> dict:
+def load_report(path: Path) -> Report:
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadInput(f"report {path} cannot be read as JSON: {exc}") from None
-    check_report(report, path)
-    return report
+    return check_report(data, path)
 
 
-def _bad(path, what: str, got) -> BadInput:
-    shown = repr(got) if len(repr(got)) <= 40 else repr(got)[:37] + "..."
-    return BadInput(f"report {path}: {what}, got {shown}; {_AGAIN}")
+def check_report(report, path) -> Report:
+    """The structure `gate` relies on: ``Report.from_dict``. Measured values (top1, drop_pp, …) are
+    not checked there: a missing or NaN value is read as None and fails its gate."""
+    return Report.from_dict(report, path)
 
 
-def check_report(report, path) -> None:
-    """The structure `gate` relies on (one place, to become a typed ReportRow.from_dict). Measured
-    values (top1, drop_pp, …) are not checked here: a missing or NaN value fails its gate."""
-    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
-        raise BadInput(f"{path} is not an xception-edge report (schema {REPORT_SCHEMA}); write one with `xception-edge evaluate`")
-    version = report.get("schema_version")
-    if version != REPORT_VERSION or isinstance(version, bool):
-        raise BadInput(
-            f"{path} has report schema version {version!r}, this gate reads {REPORT_VERSION}; run `xception-edge evaluate` again"
-        )
-    try:
-        json.dumps(report, ensure_ascii=False).encode("utf-8")
-    except (UnicodeEncodeError, ValueError, RecursionError):
-        raise BadInput(f"report {path} holds text that is not valid Unicode; {_AGAIN}") from None
-    for key in ("host", "model", "reference"):
-        if not isinstance(report.get(key), dict):
-            raise _bad(path, f"'{key}' must be an object", report.get(key))
-    if not isinstance(report["host"].get("cpu"), str):
-        raise _bad(path, "'host.cpu' must be a string", report["host"].get("cpu"))
-    rows = report.get("artifacts")
-    if not isinstance(rows, list) or not rows:
-        raise _bad(path, "'artifacts' must be a non-empty list of artifact rows", rows)
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise _bad(path, f"artifacts[{i}] must be an object (an artifact row)", row)
-        if not isinstance(row.get("target"), str):
-            raise _bad(path, f"artifacts[{i}].target must be a string (the target profile's name)", row.get("target"))
-        for key in ("name", "path"):
-            if row.get(key) is not None and not isinstance(row[key], str):
-                raise _bad(path, f"artifacts[{i}].{key} must be a string", row[key])
-        if row.get("latency") is not None and not isinstance(row["latency"], dict):
-            raise _bad(path, f"artifacts[{i}].latency must be an object or null", row["latency"])
-
-
-def row_names(rows: list[dict]) -> list[str]:
+def row_names(rows: list[ReportRow]) -> list[str]:
     """Each row's artifact folder name (`name`, else the basename of `path`), made unique."""
     names: list[str] = []
     for i, row in enumerate(rows):
-        name = row.get("name") if isinstance(row.get("name"), str) and row.get("name") else None
-        if name is None and isinstance(row.get("path"), str):
-            name = Path(row["path"]).name or None
+        name = row.name or None
+        if name is None and row.path is not None:
+            name = Path(row.path).name or None
         name = name or f"artifacts[{i}]"
         names.append(name if name not in names else f"{name} (artifacts[{i}])")
     return names
@@ -134,9 +97,9 @@ def check_limits(table: dict, where: str, *, allow_ungated: bool = False) -> Non
         raise BadInput(f"{where}: {UNGATED} = true cannot be combined with limits ({', '.join(limits)}); keep one of them")
 
 
-def _profile_gates(row: dict) -> dict:
+def _profile_gates(row: ReportRow) -> dict:
     """The gates the artifact was converted with (its manifest), else the built-in profile's."""
-    manifest = Path(row["path"]) / "manifest.json" if isinstance(row.get("path"), str) and row["path"] else None
+    manifest = Path(row.path) / "manifest.json" if row.path else None
     gates = None
     try:
         if manifest is not None and manifest.is_file():
@@ -151,17 +114,17 @@ def _profile_gates(row: dict) -> dict:
         return {k: v for k, v in gates.items() if v is not None}
     from .targets import builtin_names, resolve_target
 
-    if row.get("target") in builtin_names():
-        return {k: v for k, v in dataclasses.asdict(resolve_target(row["target"]).gates).items() if v is not None}
+    if row.target in builtin_names():
+        return {k: v for k, v in dataclasses.asdict(resolve_target(row.target).gates).items() if v is not None}
     return {}
 
 
-def _check_manifest_unchanged(manifest: Path, row: dict) -> None:
+def _check_manifest_unchanged(manifest: Path, row: ReportRow) -> None:
     """The gates come from the manifest the report measured (its sha256 is in the row): a
     manifest edited since, e.g. to loosen its gates, is refused."""
     from .calibration import sha256_file
 
-    recorded = row.get("manifest_sha256")
+    recorded = row.manifest_sha256
     if not isinstance(recorded, str) or sha256_file(manifest) != recorded:
         raise BadInput(
             f"{manifest} is not the manifest the report measured (its sha256 differs from the report's "
@@ -176,19 +139,19 @@ def _num(v) -> float | None:
     return float(v)
 
 
-def evaluate_gates(report: dict, overrides: dict[str, dict] | None = None) -> list[GateResult]:
+def evaluate_gates(report: Report, overrides: dict[str, dict] | None = None) -> list[GateResult]:
     """Every row of `artifacts`, by folder name. A gates-file table keyed by a row's name is used
     instead of one keyed by its target; either is laid over the profile's gates."""
     overrides = overrides or {}
-    rows = report.get("artifacts") or []
+    rows = list(report.artifacts)
     names = row_names(rows)
-    known = set(names) | {row.get("target") for row in rows}
+    known = set(names) | {row.target for row in rows}
     missing = "missing from the report (no artifact has this target or folder name)"
     results = [GateResult(key, "present", None, None, False, missing) for key in sorted(set(overrides) - known)]
-    ref_top1 = (report.get("reference") or {}).get("top1")
-    host_cpu = str((report.get("host") or {}).get("cpu", ""))
+    ref_top1 = report.reference.top1
+    host_cpu = str(report.host.get("cpu", ""))
     for name, row in zip(names, rows):
-        target = row.get("target") if isinstance(row.get("target"), str) else None
+        target = row.target
         table = overrides.get(name, overrides.get(target, {}) if target is not None else {})
         results += _gate_row(GateResult(name, "", None, None, False, "", target), row, ref_top1, table, host_cpu)
     if not results:
@@ -196,17 +159,17 @@ def evaluate_gates(report: dict, overrides: dict[str, dict] | None = None) -> li
     return results
 
 
-def _integrity(base: GateResult, row: dict, ref_top1) -> list[GateResult]:
+def _integrity(base: GateResult, row: ReportRow, ref_top1) -> list[GateResult]:
     """What every row needs whatever its limits: images, finite top-1 of artifact and reference,
     and the same source model. Reported only when they fail."""
     out = []
-    images = _num(row.get("images"))
+    images = _num(row.images)
     if images is None or images <= 0:
         out.append(
             dataclasses.replace(base, gate="images", value=images, note="no images were evaluated (or the count is missing)")
         )
     for gate, value, whose in (
-        ("top1", row.get("top1"), "the artifact's"),
+        ("top1", row.top1, "the artifact's"),
         ("reference_top1", ref_top1, "the Keras reference's"),
     ):
         v = _num(value)
@@ -216,7 +179,7 @@ def _integrity(base: GateResult, row: dict, ref_top1) -> list[GateResult]:
                     base, gate=gate, value=v, note=f"{whose} top-1 is missing, NaN or not a fraction in the report"
                 )
             )
-    if row.get("same_source_model") is not True:
+    if row.same_source_model is not True:
         out.append(
             dataclasses.replace(
                 base,
@@ -230,7 +193,7 @@ def _integrity(base: GateResult, row: dict, ref_top1) -> list[GateResult]:
     return out
 
 
-def _gate_row(base: GateResult, row: dict, ref_top1, table: dict, host_cpu: str) -> list[GateResult]:
+def _gate_row(base: GateResult, row: ReportRow, ref_top1, table: dict, host_cpu: str) -> list[GateResult]:
     out = _integrity(base, row, ref_top1)
     if any(r.gate == "images" for r in out):
         return out
@@ -252,15 +215,15 @@ def _gate_row(base: GateResult, row: dict, ref_top1, table: dict, host_cpu: str)
     return out + limits
 
 
-def _limits(base: GateResult, row: dict, gates: dict, host_cpu: str) -> list[GateResult]:
-    size = _num(row.get("size_bytes"))
-    drop = _num(row.get("drop_pp"))
+def _limits(base: GateResult, row: ReportRow, gates: dict, host_cpu: str) -> list[GateResult]:
+    size = _num(row.size_bytes)
+    drop = _num(row.drop_pp)
     checks = {
         "max_top1_drop_pp": (None if drop is None else -drop, lambda v, l: v <= l),
-        "min_top1_ratio": (_num(row.get("ratio")), lambda v, l: v >= l),
-        "min_agreement": (_num(row.get("agreement")), lambda v, l: v >= l),
+        "min_top1_ratio": (_num(row.ratio), lambda v, l: v >= l),
+        "min_agreement": (_num(row.agreement), lambda v, l: v >= l),
         "max_size_mb": (None if size is None else size / 1e6, lambda v, l: v <= l),
-        "max_p50_latency_ms": (_num((row.get("latency") or {}).get("p50_ms")), lambda v, l: v <= l),
+        "max_p50_latency_ms": (_num(row.p50_ms), lambda v, l: v <= l),
     }
     out = []
     for gate, (value, ok) in checks.items():
@@ -325,18 +288,18 @@ def table_rows(results: list[GateResult]) -> list[GateResult]:
     return [dataclasses.replace(r, target=plain(r.name), gate=plain(r.gate), note=plain(r.note)) for r in results]
 
 
-def inspect_hints(report: dict, results: list[GateResult]) -> list[str]:
+def inspect_hints(report: Report, results: list[GateResult]) -> list[str]:
     """For each failed int8 artifact: the `inspect` command that names the layers to blame."""
     failed = {r.name for r in results if not r.passed}
-    model = (report.get("model") or {}).get("spec", "MODEL")
+    model = report.model.get("spec", "MODEL")
     out = []
-    rows = report.get("artifacts") or []
+    rows = list(report.artifacts)
     for name, row in zip(row_names(rows), rows):
-        if name not in failed or row.get("precision") != "int8" or not isinstance(row.get("path"), str):
+        if name not in failed or row.precision != "int8" or row.path is None:
             continue
         out.append(
-            f"{name}: to see which layers are to blame, run: xception-edge inspect {row['path']} "
-            f"--model {model} --calibration {_calibration_of(Path(row['path']))}  "
+            f"{name}: to see which layers are to blame, run: xception-edge inspect {row.path} "
+            f"--model {model} --calibration {_calibration_of(Path(row.path))}  "
             "(then `convert --max-drop PP --validation DIR` keeps them in float)"
         )
     return out

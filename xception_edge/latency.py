@@ -73,6 +73,17 @@ def time_invoke(invoke, x: np.ndarray, *, runs: int, warmup: int) -> tuple[float
     return first, samples
 
 
+def measure(rt, x: np.ndarray, *, runs: int, warmup: int, load_ms: float) -> LatencyStats:
+    """LatencyStats of ``rt.invoke`` (an opened Runtime) on one preprocessed float image x
+    (1, H, W, 3), in the artifact's input dtype and batch: the one timing loop of ``bench`` and
+    ``evaluate``, on the host and on devices."""
+    from .runtime.base import quantize
+
+    batch = quantize(np.repeat(x, rt.batch_size, axis=0), rt.input_spec)
+    first_ms, samples = time_invoke(rt.invoke, batch, runs=runs, warmup=warmup)
+    return summarize(samples, warmup=warmup, threads=rt.threads, load_ms=load_ms, first_ms=first_ms)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

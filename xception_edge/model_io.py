@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import console, frameworks
-from .errors import BadInput, ConversionFailed, first_line
+from . import frameworks
+from .errors import BadInput, first_line
 
 KERAS_XCEPTION = "keras:xception"
 MIN_SIZE = 71
@@ -39,74 +39,13 @@ class SourceModel:
     num_classes: int
     keras_model: Any | None  # keras.Model, or None for a raw SavedModel
     _predict_fn: Callable[[np.ndarray], np.ndarray]
-    saved_model_path: Path | None = None  # set for a SavedModel input, or after export
-    onnx_path: Path | None = None  # set after the one ONNX export of a run
+    saved_model_dir: Path | None = None  # a SavedModel input's own folder (exports.Exports reuses it)
+    saved_model: Any | None = dataclasses.field(default=None, repr=False)  # a SavedModel input, loaded (kept alive)
     warnings: list[str] = dataclasses.field(default_factory=list)
-    openvino_model: Any | None = dataclasses.field(default=None, repr=False)  # set by ov_model()
 
     def predict(self, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
         outs = [np.asarray(self._predict_fn(x[i : i + batch_size]), dtype=np.float32) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs) if outs else np.empty((0, self.num_classes), np.float32)
-
-    def export_saved_model(self, workdir: Path) -> Path:
-        """A SavedModel for the converters: the input folder itself, or one export, cached."""
-        if self.saved_model_path is None:
-            path = Path(workdir) / "saved_model"
-            with console.progress("Exporting SavedModel", total=None):
-                self.keras_model.export(str(path), format="tf_saved_model", verbose=False)
-            self.saved_model_path = path
-        return self.saved_model_path
-
-    def ov_model(self, workdir: Path):
-        """The openvino.Model of the SavedModel export (batch 1, NHWC, fixed size), converted
-        once per run and shared by every OpenVINO target: callers clone it before changing it."""
-        if self.openvino_model is None:
-            ov = frameworks.openvino()
-            path = self.export_saved_model(workdir)
-            with console.progress("Converting the SavedModel to OpenVINO", total=None):
-                try:
-                    self.openvino_model = ov.convert_model(str(path), input=[1, self.height, self.width, 3])
-                except Exception as exc:
-                    first = first_line(exc)
-                    raise ConversionFailed(f"openvino.convert_model failed on {self.spec}: {first}") from None
-        return self.openvino_model
-
-    def export_onnx(self, workdir: Path, opset: int) -> Path:
-        """One ONNX export (tf2onnx, NHWC input, dynamic batch), cached: Keras's own ONNX export
-        for a Keras model, the serving signature for a SavedModel."""
-        if self.onnx_path is None:
-            path = Path(workdir) / "onnx" / "model.onnx"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            frameworks.tf2onnx()
-            with console.progress(f"Exporting ONNX (opset {opset})", total=None):
-                try:
-                    if self.keras_model is not None:
-                        self.keras_model(
-                            np.zeros((1, self.height, self.width, 3), np.float32), training=False
-                        )  # export needs a called model
-                        self.keras_model.export(str(path), format="onnx", opset_version=opset, verbose=False)
-                    else:
-                        _saved_model_to_onnx(self._loaded, path, opset)
-                except Exception as exc:
-                    first = first_line(exc)
-                    raise ConversionFailed(f"ONNX export of {self.spec} failed (tf2onnx, opset {opset}): {first}") from None
-            self.onnx_path = path
-        return self.onnx_path
-
-
-def _saved_model_to_onnx(loaded, path: Path, opset: int) -> None:
-    """tf2onnx on a SavedModel's serving_default signature (load_source checked: one input, one output)."""
-    tf = frameworks.tensorflow()
-    tf2onnx = frameworks.tf2onnx()
-    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # what Keras's ONNX export applies: tf2onnx 1.17 under numpy 2
-
-    patch_tf2onnx()
-    sig = loaded.signatures["serving_default"]
-    ((in_name, in_spec),) = sig.structured_input_signature[1].items()
-    ((out_name, _),) = sig.structured_outputs.items()
-    spec = tf.TensorSpec(in_spec.shape, tf.float32, name=in_name)
-    fn = tf.function(lambda x: sig(**{in_name: x})[out_name], input_signature=[spec])
-    tf2onnx.convert.from_function(fn, input_signature=[spec], opset=opset, output_path=str(path))
 
 
 def _hash_path(path: Path) -> str:
@@ -243,9 +182,8 @@ def load_source(spec: str, *, unsafe: bool = False, xception: KerasXceptionOptio
             raise BadInput(f"{path} is a folder without saved_model.pb; pass a SavedModel folder, a .keras or .h5 file")
         loaded, predict, in_shape, out_shape = _wrap_saved_model(path)
         h, w, c = _check_shapes(str(path), in_shape, out_shape)
-        src = SourceModel(spec, "saved_model", _hash_path(path), h, w, c, None, predict, saved_model_path=path)
+        src = SourceModel(spec, "saved_model", _hash_path(path), h, w, c, None, predict, path, loaded)
         src.warnings.append("a SavedModel cannot be checked for Xception's structure")
-        src._loaded = loaded  # keep the trackable alive
         return src
     suffix = path.suffix.lower()
     if suffix not in (".keras", ".h5", ".hdf5"):

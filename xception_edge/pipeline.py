@@ -19,14 +19,16 @@ from . import __version__, console, interrupts
 from .artifact import check_writable_dir, child_dir, output_lock, staged_dir, write_manifest
 from .calibration import CalibrationSet, ImageSource, build_calibration, open_source, sample_order
 from .converters import converter_for
-from .errors import BadInput, VerificationFailed, XceptionEdgeError
+from .errors import BackendUnavailable, BadInput, VerificationFailed, XceptionEdgeError
+from .exports import Exports
 from .hostinfo import host
 from .model_io import KERAS_XCEPTION, KerasXceptionOptions, SourceModel, check_xception_options, load_source, resolve_labels
 from .preprocess import PreprocessSpec, load_images
 from .runtime import open_artifact
 from .targets import resolve_targets
 from .profiles import TargetProfile
-from .verify import VerifyResult, is_undecided, verify
+from .records import Manifest, Verification
+from .verify import is_undecided, verify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +91,7 @@ def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | No
     if req.seed < 0:
         raise BadInput(f"--seed {req.seed} must be 0 or more (numpy's generator takes no negative seed)")
     profiles = resolve_targets(req.targets)
+    check_installed(profiles)
     if req.num_calibration is not None and req.num_calibration < 1:
         raise BadInput(f"--num-calibration {req.num_calibration} must be at least 1")
     if req.model.lower() == KERAS_XCEPTION:
@@ -118,6 +121,29 @@ def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | No
     if req.verify and calib_src is None and verify_src is None:
         raise BadInput("verification needs images: pass --calibration DIR, --verify-data DIR, or --no-verify")
     return profiles, calib_src, verify_src
+
+
+def check_installed(profiles: list[TargetProfile]) -> None:
+    """Every module each target's converter needs is installed (looked up, not imported)."""
+    from . import backends
+
+    for p in profiles:
+        missing = backends.get(p.backend).missing(p.precision)
+        if missing is not None:
+            raise BackendUnavailable(*missing, f"target {p.name} ({p.backend} backend)")
+
+
+def precheck_source(req: ConvertRequest, profiles: list[TargetProfile], src: SourceModel) -> None:
+    """What can be checked once the model is loaded, before anything is decoded or converted:
+    --max-drop's need for Keras layers, and every int8 profile's ignored_scope names."""
+    from . import backends, scope
+
+    if req.max_drop is not None and src.keras_model is None:
+        raise BadInput(
+            f"--max-drop needs a Keras model (.keras/.h5) to name the layers it keeps in float; {req.model} is a SavedModel"
+        )
+    for p in profiles:
+        scope.check(p, src, backends.get(p.backend))
 
 
 def _verification_images(
@@ -163,6 +189,7 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
     src = load_source(req.model, unsafe=req.unsafe_model, xception=req.xception)
     for w in src.warnings:
         console.warn(w)
+    precheck_source(req, profiles, src)
     labels, labels_from = resolve_labels(
         src.num_classes, req.labels, calib_src.classes if calib_src else None, calib_src.origin if calib_src else None
     )
@@ -187,10 +214,6 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
     if req.max_drop is not None:
         from .budget import check_overlap, check_resolution, load_validation
 
-        if src.keras_model is None:
-            raise BadInput(
-                f"--max-drop needs a Keras model (.keras/.h5) to name the layers it keeps in float; {req.model} is a SavedModel"
-            )
         validation = load_validation(req.validation, labels, spec, src)
         check_overlap(validation, calib, strict=req.strict)
         check_resolution(validation, req.max_drop)
@@ -198,52 +221,57 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
     results = []
     common = {
         "source_model": {"spec": req.model, "kind": src.kind, "sha256": src.sha256},
-        "preprocessing": spec.to_dict(),
+        "preprocessing": spec,
         "labels": labels,
         "labels_from": labels_from,
         "host": host(),
         "tools": _tool_versions(),
     }
-    with tempfile.TemporaryDirectory(prefix="xception-edge-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="xception-edge-") as workdir:  # the run's exports, shared by every target
+        exports = Exports(src, Path(workdir))
         for profile in profiles:
             interrupts.check()
             n_cal = req.num_calibration or profile.calibration_size
             target_calib = calib.take(n_cal) if calib is not None and profile.precision.needs_calibration else None
             check = (images, reference, images_from)
-            results.append(_convert_one(req, profile, src, target_calib, Path(workdir), common, check, validation))
+            results.append(_convert_one(req, profile, src, target_calib, exports, common, check, validation))
     return results
 
 
 def _build(
-    profile, src: SourceModel, calib, stage: Path, workdir: Path, common: dict, check, **options
-) -> tuple[dict, object, VerifyResult | None]:
+    profile, src: SourceModel, calib, stage: Path, exports: Exports, common: dict, check, **options
+) -> tuple[Manifest, object, Verification | None]:
     """Convert into ``stage`` (``options``: backend-specific converter keywords); the manifest (not
     yet written), the opened artifact, the verification."""
     images, reference, images_from = check
     t0 = time.perf_counter()
-    converted = converter_for(profile.backend)(src, profile, calib, stage, workdir, **options)
+    converted = converter_for(profile.backend)(src, profile, calib, stage, exports, **options)
     seconds = time.perf_counter() - t0
     (stage / "labels.txt").write_text("\n".join(common["labels"]) + "\n", encoding="utf-8")
     if calib is not None:
         (stage / "calibration.txt").write_text(calib.list_text(), encoding="utf-8")
-    manifest = {
-        "target": profile.name,
-        "description": profile.description,
-        "hardware": profile.hardware,
-        "backend": profile.backend,
-        "format": profile.format,
-        "precision": profile.precision.value,
-        "threads": profile.threads,
-        "model_file": converted.model_file,
-        "io": {"input": converted.input.to_dict(), "output": converted.output.to_dict()},
-        **common,
-        "calibration": calib.summary() if calib is not None else None,
-        "conversion": {"seconds": round(seconds, 2), **converted.details},
-        "tools": {**common["tools"], **converted.tools},
-        "profile": profile.to_dict(),
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "files": {},
-    }
+    manifest = Manifest(
+        target=profile.name,
+        description=profile.description,
+        hardware=profile.hardware,
+        backend=profile.backend,
+        format=profile.format,
+        precision=profile.precision.value,
+        threads=profile.threads,
+        model_file=converted.model_file,
+        input=converted.input,
+        output=converted.output,
+        source_model=common["source_model"],
+        preprocessing=common["preprocessing"],
+        labels=tuple(common["labels"]),
+        labels_from=common["labels_from"],
+        host=common["host"],
+        tools={**common["tools"], **converted.tools},
+        calibration=calib.summary() if calib is not None else None,
+        conversion={"seconds": round(seconds, 2), **converted.details},
+        profile=profile.to_dict(),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
     runtime = open_artifact(stage, manifest=manifest)
     result = None
     if images is not None:
@@ -252,7 +280,7 @@ def _build(
     return manifest, runtime, result
 
 
-def _check_verification(name: str, result: VerifyResult | None) -> None:
+def _check_verification(name: str, result: Verification | None) -> None:
     if result is None or result.passed:
         return
     if result.mode == "distribution":
@@ -267,7 +295,7 @@ def _check_verification(name: str, result: VerifyResult | None) -> None:
     )
 
 
-def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, validation) -> TargetResult:
+def _convert_one(req, profile, src: SourceModel, calib, exports: Exports, common, check, validation) -> TargetResult:
     t0 = time.perf_counter()
     final = child_dir(req.out, profile.name, f"{profile.source}: target name")
     console.info(f"[{profile.name}] converting: {profile.backend} {profile.precision.value}")
@@ -278,21 +306,23 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
                 from .budget import keep_within_budget
 
                 def build(p, **options):
-                    return _build(p, src, calib, stage, workdir, common, check, **options)
+                    return _build(p, src, calib, stage, exports, common, check, **options)
 
                 manifest, result, budget = keep_within_budget(
-                    profile, req.max_drop, validation, src, calib, build, stage, workdir
+                    profile, req.max_drop, validation, src, calib, build, stage, exports
                 )
             else:
-                manifest, _, result = _build(profile, src, calib, stage, workdir, common, check)
+                manifest, _, result = _build(profile, src, calib, stage, exports, common, check)
             _check_verification(profile.name, result)
             seconds = time.perf_counter() - t0
-            manifest["conversion"]["seconds"] = round(seconds, 2)
-            if budget is not None:
-                manifest["accuracy_budget"] = budget
-            manifest["verification"] = result.to_dict() if result else {"skipped": "--no-verify"}
-            manifest.pop("files", None)
-            files = write_manifest(stage, manifest)["files"]
+            manifest = dataclasses.replace(
+                manifest,
+                conversion={**manifest.conversion, "seconds": round(seconds, 2)},
+                accuracy_budget=budget,
+                verification=result,
+                verification_skipped=None if result else "--no-verify",
+            )
+            files = write_manifest(stage, manifest).files
             size = sum(e["bytes"] for name, e in files.items() if name not in ("labels.txt", "calibration.txt"))
         return TargetResult(
             profile.name,
@@ -301,10 +331,10 @@ def _convert_one(req, profile, src: SourceModel, calib, workdir, common, check, 
             str(final),
             size,
             seconds,
-            manifest["verification"],
-            float_layers=(budget or {}).get("float_layers"),
-            float_mac_share=(budget or {}).get("float_mac_share"),
-            drop_pp=(budget or {}).get("drop_pp"),
+            manifest.to_dict()["verification"],
+            float_layers=list(budget.float_layers) if budget else None,
+            float_mac_share=budget.float_mac_share if budget else None,
+            drop_pp=budget.drop_pp if budget else None,
         )
     except (XceptionEdgeError, OSError) as exc:
         if isinstance(exc, BadInput):
@@ -326,7 +356,7 @@ def _os_failure(name: str, exc: OSError) -> str:
     return f"{name}: {exc.strerror or exc}{where}; nothing was written for this target"
 
 
-def _print_verification(name: str, r: VerifyResult) -> None:
+def _print_verification(name: str, r: Verification) -> None:
     mark = "ok" if r.passed else "FAILED"
     strict = f" (strict {r.strict_agreement:.1%})" if r.strict_agreement != r.agreement else ""
     if r.mode == "distribution":

@@ -13,7 +13,6 @@ Optional ImageNet style: resize the shorter side to ``size / crop_fraction`` the
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from pathlib import Path
 from collections.abc import Sequence
@@ -22,12 +21,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput
+from .records.preprocessing import PreprocessSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-RESIZE_MODES = ("resize", "crop")
-INTERPOLATIONS = ("bilinear", "bicubic")
-SCALINGS = ("xception",)
-
 # The largest image decoded, in pixels (width x height): checked from the header, before any
 # pixel is decoded, so a tiny file claiming a huge size costs nothing. Larger ones are skipped
 # and listed like undecodable files. Pillow's own decompression-bomb check stays at its default.
@@ -38,43 +34,6 @@ DECODED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")  # JPEG includes multi-picture 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
 # Pillow's own size check, which runs first when opening: its error, or its warning when warnings are errors.
 _PILLOW_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessSpec:
-    """How an image becomes the model's input. Recorded verbatim in every manifest."""
-
-    height: int
-    width: int
-    resize: str = "resize"  # "resize": plain resize; "crop": shorter side + centre crop
-    crop_fraction: float = 0.875  # used by resize="crop"
-    interpolation: str = "bilinear"  # "bilinear": tf.image.resize compatible; "bicubic": Pillow
-    scaling: str = "xception"  # x / 127.5 - 1
-    layout: str = "NHWC"
-    channels: str = "RGB"
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise BadInput(f"preprocessing resize={self.resize!r} is unknown; use one of {RESIZE_MODES}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise BadInput(f"preprocessing interpolation={self.interpolation!r} is unknown; use one of {INTERPOLATIONS}")
-        if self.scaling not in SCALINGS:
-            raise BadInput(f"preprocessing scaling={self.scaling!r} is unknown; use one of {SCALINGS}")
-        if not 0.0 < self.crop_fraction <= 1.0:
-            raise BadInput(f"crop fraction {self.crop_fraction} must be in (0, 1]")
-        if self.height < 1 or self.width < 1:
-            raise BadInput(f"input size {self.height}x{self.width} must be positive")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PreprocessSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInput(f"manifest preprocessing has unknown keys {unknown}; upgrade xception-edge")
-        return cls(**data)
 
 
 class UndecodableImage(Exception):

@@ -3,15 +3,17 @@ terminal or a pull request), report.html (self-contained, with plots), and the t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from .artifact import atomic_write_text
+from .records import Report, ReportRow
 
 
-def rows(report: dict) -> list[dict]:
+def rows(report: Report) -> list[ReportRow]:
     """The Keras fp32 row, then one per artifact."""
-    return [report["reference"], *report["artifacts"]]
+    return report.rows
 
 
 def fmt_mb(n: int | None) -> str:
@@ -26,25 +28,25 @@ def fmt_pp(x: float | None) -> str:
     return "—" if x is None else f"{x:+.2f}"
 
 
-def fmt_ratio(r: dict) -> str:
-    if r.get("ratio") is None:
+def fmt_ratio(r: ReportRow) -> str:
+    if r.ratio is None:
         return "—"
-    return f"{100 * r['ratio']:.2f}%" + ("" if r["meets_mlperf_99"] else " ✗")
+    return f"{100 * r.ratio:.2f}%" + ("" if r.meets_mlperf_99 else " ✗")
 
 
-def summary_cells(r: dict) -> list[str]:
-    lat = r["latency"]
+def summary_cells(r: ReportRow) -> list[str]:
+    lat = r.latency
     return [
-        r["name"],
-        r["backend"],
-        r["precision"],
-        fmt_mb(r["size_bytes"]),
-        fmt_pct(r["top1"]),
-        fmt_pp(r["drop_pp"]),
+        r.name,
+        r.backend,
+        r.precision,
+        fmt_mb(r.size_bytes),
+        fmt_pct(r.top1),
+        fmt_pp(r.drop_pp),
         fmt_ratio(r),
-        fmt_pct(r["top5"]),
-        fmt_pct(r["agreement"]),
-        str(r["flipped"]),
+        fmt_pct(r.top5),
+        fmt_pct(r.agreement),
+        str(r.flipped),
         f"{lat['p50_ms']:.2f}",
         f"{lat['p90_ms']:.2f}",
     ]
@@ -66,27 +68,25 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def notes(report: dict) -> list[str]:
+def notes(report: Report) -> list[str]:
     out = []
-    for r in report["artifacts"]:
-        if r.get("cpu_warning"):
-            out.append(f"{r['name']}: {r['cpu_warning']}")
-        if r.get("float_layers"):
-            share = f", {100 * r['float_mac_share']:.1f}% of MACs" if r.get("float_mac_share") is not None else ""
-            why = f" to keep the --max-drop {r['max_drop_pp']:g} pp budget" if r.get("max_drop_pp") is not None else ""
-            out.append(
-                f"{r['name']}: {len(r['float_layers'])} layer(s) kept in float{why}{share}: {', '.join(r['float_layers'])}"
-            )
-        if not r.get("same_source_model", True):
-            out.append(f"{r['name']}: converted from another model than --model; its agreement says little")
-    reused = [r["name"] for r in rows(report) if r.get("reused")]
+    for r in report.artifacts:
+        if r.cpu_warning:
+            out.append(f"{r.name}: {r.cpu_warning}")
+        if r.float_layers:
+            share = f", {100 * r.float_mac_share:.1f}% of MACs" if r.float_mac_share is not None else ""
+            why = f" to keep the --max-drop {r.max_drop_pp:g} pp budget" if r.max_drop_pp is not None else ""
+            out.append(f"{r.name}: {len(r.float_layers)} layer(s) kept in float{why}{share}: {', '.join(r.float_layers)}")
+        if r.same_source_model is False:
+            out.append(f"{r.name}: converted from another model than --model; its agreement says little")
+    reused = [r.name for r in rows(report) if r.reused]
     if reused:
         out.append(f"reused from an earlier run (--resume): {', '.join(reused)}")
     return out
 
 
-def timing_sentence(report: dict) -> str:
-    t, d, workers = report["timing"], report["data"], report["settings"]["decode_threads"]
+def timing_sentence(report: Report) -> str:
+    t, d, workers = report.timing, report.data, report.settings["decode_threads"]
     how = f"in {workers} background thread(s) while" if workers else "in the main thread, before"
     return (
         f"Decoding {d['images']} images once for every model cost {t['decode_cpu_seconds']:.2f} s of CPU, {how} the "
@@ -96,13 +96,13 @@ def timing_sentence(report: dict) -> str:
     )
 
 
-def markdown(report: dict) -> str:
-    d, h, s = report["data"], report["host"], report["settings"]
+def markdown(report: Report) -> str:
+    d, h, s = report.data, report.host, report.settings
     lines = [
         f"# xception-edge evaluation: {Path(d['source']).name}",
         "",
         f"{d['images']} images from `{d['source']}` ({d['decoded']} decoded, {len(d['undecodable'])} undecodable, "
-        f"counted as misses); model `{report['model']['spec']}`; host {h['cpu']} ({h['machine']}, {h['cpu_count']} cores, "
+        f"counted as misses); model `{report.model['spec']}`; host {h['cpu']} ({h['machine']}, {h['cpu_count']} cores, "
         f"int8 flags: {', '.join(h['int8_flags']) or 'none'}); latency: {s['runs']} runs after {s['warmup']} warm-up, batch 1.",
         "",
         "| " + " | ".join(SUMMARY_COLUMNS) + " |",
@@ -118,15 +118,15 @@ def markdown(report: dict) -> str:
     for n in notes(report):
         lines.append(f"- {n}")
     lines += ["", "## Per-class top-1 (Δ vs Keras fp32, percentage points)", ""]
-    classes = list(report["reference"]["per_class"])
-    names = [r["name"] for r in report["artifacts"]]
+    classes = list(report.reference.per_class)
+    names = [r.name for r in report.artifacts]
     lines.append("| class | images | keras-fp32 | " + " | ".join(names) + " |")
     lines.append("| --- | ---: | ---: | " + " | ".join(["---:"] * len(names)) + " |")
     for c in classes:
-        ref = report["reference"]["per_class"][c]
-        cells = [f"{r['per_class'][c]['drop_pp']:+.1f}" if c in r["per_class"] else "—" for r in report["artifacts"]]
+        ref = report.reference.per_class[c]
+        cells = [f"{r.per_class[c]['drop_pp']:+.1f}" if c in r.per_class else "—" for r in report.artifacts]
         lines.append(f"| {c} | {ref['images']} | {100 * ref['top1']:.1f}% | " + " | ".join(cells) + " |")
-    flipped = [(r["name"], c, f) for r in report["artifacts"] for c, fs in r["flips_per_class"].items() for f in fs]
+    flipped = [(r.name, c, f) for r in report.artifacts for c, fs in r.flips_per_class.items() for f in fs]
     lines += ["", "## Flipped images (top-1 differs from Keras fp32)", ""]
     if not flipped:
         lines.append("None.")
@@ -139,13 +139,12 @@ def markdown(report: dict) -> str:
     if d["undecodable"]:
         lines += ["", "## Undecodable images (counted as misses)", ""]
         lines += [f"- `{u['image']}` ({u['label']}): {u['error']}" for u in d["undecodable"]]
-    t = report["timing"]
-    if "first_pass_wall_seconds" in t:
+    if "first_pass_wall_seconds" in report.timing:
         lines += ["", "## Timing", "", timing_sentence(report)]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, folder: Path) -> dict[str, Path]:
+def write_report(report: Report, folder: Path) -> dict[str, Path]:
     """report.json, report.md and report.html, each written atomically."""
     from .report_html import html
 
@@ -153,18 +152,19 @@ def write_report(report: dict, folder: Path) -> dict[str, Path]:
     paths = {"json": folder / "report.json", "markdown": folder / "report.md", "html": folder / "report.html"}
     atomic_write_text(paths["html"], html(report))
     atomic_write_text(paths["markdown"], markdown(report))
-    atomic_write_text(paths["json"], json.dumps({**report, "files": {k: str(v) for k, v in paths.items()}}, indent=1) + "\n")
+    files = {k: str(v) for k, v in paths.items()}
+    atomic_write_text(paths["json"], json.dumps(dataclasses.replace(report, files=files).to_dict(), indent=1) + "\n")
     for p in paths.values():
         p.chmod(0o644)  # a report is for reading (and serving); the temporary file was private
     return paths
 
 
-def print_report(report: dict) -> None:
+def print_report(report: Report) -> None:
     from rich.table import Table
 
     from .tables import Console
 
-    d = report["data"]
+    d = report.data
     t = Table(title=f"Evaluation on {d['images']} images of {d['source']}")
     for i, col in enumerate(SUMMARY_COLUMNS):
         t.add_column(col, justify="left" if i < 3 else "right")
@@ -176,4 +176,4 @@ def print_report(report: dict) -> None:
         con.print(f"  • {n}", highlight=False)
     if d["undecodable"]:
         con.print(f"  • {len(d['undecodable'])} undecodable image(s), counted as misses", highlight=False)
-    con.print(f"report: {report['files']['html']} (also report.md, report.json)", highlight=False)
+    con.print(f"report: {report.files['html']} (also report.md, report.json)", highlight=False)

@@ -7,6 +7,7 @@ import base64
 import html as _html
 import io
 
+from .records import REPORT_SCHEMA, REPORT_VERSION, Report
 from .report import SUMMARY_COLUMNS, notes, rows, summary_cells, timing_sentence
 
 _CSS = """
@@ -51,15 +52,15 @@ def _plain_log_ticks(axis) -> None:
 
 
 def _label_points(fig, ax, pts) -> None:
-    """Name every point without labels overlapping: each label goes right of its point and moves
+    """Name every (x, y, name) point without labels overlapping: each label goes right of its point and moves
     down (then up) in steps of one line until it clears the labels already placed."""
     fig.canvas.draw()
     trans, frame = ax.transData, ax.get_window_extent()
     line = 11.0  # pixels per label line at fontsize 8, dpi 100
     placed = [(px - 6, py - 6, px + 6, py + 6) for px, py in (trans.transform((x, y)) for x, y, _ in pts)]  # the markers
-    for x, y, r in sorted(pts, key=lambda p: (-p[1], p[0])):
+    for x, y, name in sorted(pts, key=lambda p: (-p[1], p[0])):
         px, py = trans.transform((x, y))
-        w = 6.0 * len(r["name"]) + 4
+        w = 6.0 * len(name) + 4
         for k in [0, *[s * i for i in range(1, 40) for s in (-1, 1)]]:
             box = (px + 7, py - line / 2 + k * line, px + 7 + w, py + line / 2 + k * line)
             inside = frame.y0 <= box[1] and box[3] <= frame.y1
@@ -68,7 +69,7 @@ def _label_points(fig, ax, pts) -> None:
         placed.append(box)
         dy_points = k * line * 72 / fig.dpi
         ax.annotate(
-            r["name"],
+            name,
             (x, y),
             xytext=(7 * 72 / fig.dpi, dy_points),
             textcoords="offset points",
@@ -78,39 +79,44 @@ def _label_points(fig, ax, pts) -> None:
         )
 
 
-def plots(report: dict) -> dict[str, str]:
+def plots(report: Report) -> dict[str, str]:
     """The three figures as PNG data URIs: trade-off, latency distributions, per-class drop."""
     import matplotlib
 
     matplotlib.use("Agg")
+
+    out = {"tradeoff": _tradeoff_plot(report), "latency": _latency_plot(report)}
+    if report.artifacts:
+        out["per_class"] = _per_class_plot(report)
+    return out
+
+
+def _tradeoff_plot(report: Report) -> str:
+    """Accuracy vs p50 latency: the trade-off picture."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rs = rows(report)
-    ref = report["reference"]
+    ref = report.reference
     colours = backend_colours()
-    out = {}
-
-    # accuracy vs p50 latency: the trade-off picture
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    pts = [(r["latency"]["p50_ms"], 100 * r["top1"], r) for r in rs]
+    pts = [(r.latency["p50_ms"], 100 * r.top1, r) for r in rs]
     for x, y, r in pts:
         ax.scatter(
             x,
             y,
             s=110 if r is ref else 55,
-            color=colours.get(r["backend"], "#ff7f0e"),
-            marker="*" if r is ref else _MARKERS.get(r["precision"], "o"),
+            color=colours.get(r.backend, "#ff7f0e"),
+            marker="*" if r is ref else _MARKERS.get(r.precision, "o"),
             zorder=3,
             edgecolor="white",
         )
-    ax.axhline(100 * ref["top1"], color="#888", ls="--", lw=1, label=f"Keras fp32 top-1 {100 * ref['top1']:.2f}%")
+    ax.axhline(100 * ref.top1, color="#888", ls="--", lw=1, label=f"Keras fp32 top-1 {100 * ref.top1:.2f}%")
     ax.axhline(
-        100 * ref["top1"] * report["settings"]["mlperf_ratio"],
+        100 * ref.top1 * report.settings["mlperf_ratio"],
         color="#c44",
         ls=":",
         lw=1,
-        label=f"{100 * report['settings']['mlperf_ratio']:.0f}% of fp32 (MLPerf)",
+        label=f"{100 * report.settings['mlperf_ratio']:.0f}% of fp32 (MLPerf)",
     )
     ax.set_xscale("log")
     xs = [p[0] for p in pts]
@@ -121,58 +127,73 @@ def plots(report: dict) -> dict[str, str]:
     ax.set_ylabel("top-1, %")
     ax.set_title("Accuracy vs latency (colour: backend, marker: precision)")
     ax.grid(True, which="both", alpha=0.3)
-    _label_points(fig, ax, pts)
+    _label_points(fig, ax, [(x, y, r.name) for x, y, r in pts])
+    handles = _tradeoff_legend(report, colours)
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(fig)
+
+
+def _tradeoff_legend(report: Report, colours: dict[str, str]) -> list:
+    """One handle per backend (colour) and per precision (marker) that the report holds."""
+    import matplotlib.pyplot as plt
+
+    rs = rows(report)
     handles = [
-        plt.Line2D([], [], color=c, marker="o", ls="", label=b) for b, c in colours.items() if any(r["backend"] == b for r in rs)
+        plt.Line2D([], [], color=c, marker="o", ls="", label=b) for b, c in colours.items() if any(r.backend == b for r in rs)
     ]
     handles += [
         plt.Line2D([], [], color="#555", marker=m, ls="", label=p)
         for p, m in _MARKERS.items()
-        if any(r["precision"] == p for r in report["artifacts"])
+        if any(r.precision == p for r in report.artifacts)
     ]
-    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    out["tradeoff"] = _png(fig)
+    return handles
 
-    # latency distributions
+
+def _latency_plot(report: Report) -> str:
+    """Latency distributions, one box per model."""
+    import matplotlib.pyplot as plt
+
+    rs = rows(report)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rs) + 1.2))
-    ax.boxplot(
-        [r["latency"]["samples_ms"] for r in rs][::-1], vert=False, showfliers=True, widths=0.6, flierprops={"markersize": 3}
-    )
-    ax.set_yticks(range(1, len(rs) + 1), [r["name"] for r in rs][::-1], fontsize=8)
+    ax.boxplot([r.latency["samples_ms"] for r in rs][::-1], vert=False, showfliers=True, widths=0.6, flierprops={"markersize": 3})
+    ax.set_yticks(range(1, len(rs) + 1), [r.name for r in rs][::-1], fontsize=8)
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
-    ax.set_xlabel(f"latency per image, ms ({report['settings']['runs']} timed runs, log scale)")
+    ax.set_xlabel(f"latency per image, ms ({report.settings['runs']} timed runs, log scale)")
     ax.set_title("Latency distributions")
     ax.grid(True, axis="x", which="both", alpha=0.3)
-    out["latency"] = _png(fig)
+    return _png(fig)
 
-    # per-class top-1 drop vs Keras (percentage points)
-    classes = list(ref["per_class"])
-    arts = report["artifacts"]
-    if arts:
-        grid = np.array([[a["per_class"].get(c, {}).get("drop_pp", np.nan) for a in arts] for c in classes])
-        lim = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
-        fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(arts), 0.35 * len(classes) + 2.0))
-        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_xticks(range(len(arts)), [a["name"] for a in arts], rotation=40, ha="right", fontsize=8)
-        ax.set_yticks(range(len(classes)), classes, fontsize=8)
-        for i in range(len(classes)):
-            for j in range(len(arts)):
-                if np.isfinite(grid[i, j]):
-                    v = grid[i, j]
-                    ax.text(
-                        j,
-                        i,
-                        f"{v:+.1f}" if v else "0",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if abs(v) > 0.6 * lim else ("black" if v else "#999"),
-                    )
-        fig.colorbar(im, ax=ax, label="Δ top-1 vs Keras fp32, pp")
-        ax.set_title("Per-class top-1 change vs Keras fp32")
-        out["per_class"] = _png(fig)
-    return out
+
+def _per_class_plot(report: Report) -> str:
+    """Per-class top-1 drop vs Keras (percentage points), a class x artifact heat map."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    classes = list(report.reference.per_class)
+    arts = report.artifacts
+    grid = np.array([[a.per_class.get(c, {}).get("drop_pp", np.nan) for a in arts] for c in classes])
+    lim = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(arts), 0.35 * len(classes) + 2.0))
+    im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(arts)), [a.name for a in arts], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    for i in range(len(classes)):
+        for j in range(len(arts)):
+            if np.isfinite(grid[i, j]):
+                v = grid[i, j]
+                ax.text(
+                    j,
+                    i,
+                    f"{v:+.1f}" if v else "0",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if abs(v) > 0.6 * lim else ("black" if v else "#999"),
+                )
+    fig.colorbar(im, ax=ax, label="Δ top-1 vs Keras fp32, pp")
+    ax.set_title("Per-class top-1 change vs Keras fp32")
+    return _png(fig)
 
 
 def _e(x) -> str:
@@ -192,23 +213,9 @@ def _table(header: list[str], body: list[list[str]], *, ref_first: bool = False,
     return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(trs)}</tbody></table>"
 
 
-def html(report: dict) -> str:
-    d, h, s, t = report["data"], report["host"], report["settings"], report["timing"]
+def html(report: Report) -> str:
     figs = plots(report)
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>xception-edge evaluation: {_e(d['source'])}</title><style>{_CSS}</style></head><body>",
-        "<h1>xception-edge evaluation</h1>",
-        f"<p>{d['images']} images from <code>{_e(d['source'])}</code> ({d['decoded']} decoded, {len(d['undecodable'])} "
-        f"undecodable, counted as misses) &middot; model <code>{_e(report['model']['spec'])}</code> &middot; "
-        f"host {_e(h['cpu'])} ({_e(h['machine'])}, {h['cpu_count']} cores, int8 flags: {_e(', '.join(h['int8_flags']) or 'none')}) "
-        f"&middot; latency: {s['runs']} runs after {s['warmup']} warm-up, batch 1 &middot; {_e(report['created'])}</p>",
-        _table(SUMMARY_COLUMNS, [summary_cells(r) for r in rows(report)], ref_first=True, numeric_from=3),
-        f"<p class='note'><em>of fp32</em>: top-1 as a share of Keras fp32 top-1 (✗: below MLPerf's "
-        f"{100 * s['mlperf_ratio']:.0f}%). <em>agreement</em>: share of images whose top-1 equals Keras's.</p>",
-    ]
-    if notes(report):
-        parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes(report)) + "</ul>")
+    parts = _summary_section(report)
     parts += [
         "<h2>Accuracy vs latency</h2>",
         f"<img alt='top-1 vs p50 latency' src='{figs['tradeoff']}'>",
@@ -217,30 +224,9 @@ def html(report: dict) -> str:
     ]
     if "per_class" in figs:
         parts += ["<h2>Per-class top-1 change</h2>", f"<img alt='per-class top-1 change' src='{figs['per_class']}'>"]
-        classes = list(report["reference"]["per_class"])
-        body = [
-            [c, str(report["reference"]["per_class"][c]["images"]), f"{100 * report['reference']['per_class'][c]['top1']:.1f}%"]
-            + [f"{a['per_class'][c]['drop_pp']:+.1f}" if c in a["per_class"] else "—" for a in report["artifacts"]]
-            for c in classes
-        ]
-        parts.append(
-            "<div style='overflow-x:auto'>"
-            + _table(["class", "images", "keras-fp32 top-1"] + [f"{a['name']} Δpp" for a in report["artifacts"]], body)
-            + "</div>"
-        )
-    flips = [
-        [a["name"], c, f["image"], f["keras"], f["artifact"]]
-        for a in report["artifacts"]
-        for c, fs in a["flips_per_class"].items()
-        for f in fs
-    ]
-    parts.append(f"<h2>Flipped images ({len(flips)})</h2>")
-    if flips:
-        parts.append(
-            "<details><summary>top-1 differs from Keras fp32</summary>"
-            + _table(["artifact", "class", "image", "Keras", "artifact"], flips, numeric_from=99)
-            + "</details>"
-        )
+        parts.append(_per_class_table(report))
+    parts += _flips_section(report)
+    d, t = report.data, report.timing
     if d["undecodable"]:
         parts.append(
             f"<h2>Undecodable images ({len(d['undecodable'])}, counted as misses)</h2><ul>"
@@ -250,7 +236,58 @@ def html(report: dict) -> str:
     if "first_pass_wall_seconds" in t:
         parts.append(f"<h2>Timing</h2><p>{_e(timing_sentence(report))}</p>")
     parts.append(
-        f"<p class='note'>xception-edge {_e(report['xception_edge'])}, report schema "
-        f"{_e(report['schema'])} v{report['schema_version']}; numbers in report.json.</p></body></html>"
+        f"<p class='note'>xception-edge {_e(report.xception_edge)}, report schema "
+        f"{_e(REPORT_SCHEMA)} v{REPORT_VERSION}; numbers in report.json.</p></body></html>"
     )
     return "\n".join(parts) + "\n"
+
+
+def _summary_section(report: Report) -> list[str]:
+    """The page's head, the run's one-line description, the summary table and its notes."""
+    d, h, s = report.data, report.host, report.settings
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>xception-edge evaluation: {_e(d['source'])}</title><style>{_CSS}</style></head><body>",
+        "<h1>xception-edge evaluation</h1>",
+        f"<p>{d['images']} images from <code>{_e(d['source'])}</code> ({d['decoded']} decoded, {len(d['undecodable'])} "
+        f"undecodable, counted as misses) &middot; model <code>{_e(report.model['spec'])}</code> &middot; "
+        f"host {_e(h['cpu'])} ({_e(h['machine'])}, {h['cpu_count']} cores, int8 flags: {_e(', '.join(h['int8_flags']) or 'none')}) "
+        f"&middot; latency: {s['runs']} runs after {s['warmup']} warm-up, batch 1 &middot; {_e(report.created)}</p>",
+        _table(SUMMARY_COLUMNS, [summary_cells(r) for r in rows(report)], ref_first=True, numeric_from=3),
+        f"<p class='note'><em>of fp32</em>: top-1 as a share of Keras fp32 top-1 (✗: below MLPerf's "
+        f"{100 * s['mlperf_ratio']:.0f}%). <em>agreement</em>: share of images whose top-1 equals Keras's.</p>",
+    ]
+    if notes(report):
+        parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes(report)) + "</ul>")
+    return parts
+
+
+def _per_class_table(report: Report) -> str:
+    ref = report.reference.per_class
+    body = [
+        [c, str(ref[c]["images"]), f"{100 * ref[c]['top1']:.1f}%"]
+        + [f"{a.per_class[c]['drop_pp']:+.1f}" if c in a.per_class else "—" for a in report.artifacts]
+        for c in ref
+    ]
+    return (
+        "<div style='overflow-x:auto'>"
+        + _table(["class", "images", "keras-fp32 top-1"] + [f"{a.name} Δpp" for a in report.artifacts], body)
+        + "</div>"
+    )
+
+
+def _flips_section(report: Report) -> list[str]:
+    flips = [
+        [a.name, c, f["image"], f["keras"], f["artifact"]]
+        for a in report.artifacts
+        for c, fs in a.flips_per_class.items()
+        for f in fs
+    ]
+    parts = [f"<h2>Flipped images ({len(flips)})</h2>"]
+    if flips:
+        parts.append(
+            "<details><summary>top-1 differs from Keras fp32</summary>"
+            + _table(["artifact", "class", "image", "Keras", "artifact"], flips, numeric_from=99)
+            + "</details>"
+        )
+    return parts

@@ -181,8 +181,7 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
     ):
         if value not in allowed:
             raise BadInput(f"{path}: [quantization] {key} = {value!r} is not one of: {', '.join(allowed)}")
-    if q.x86_without_vnni and p.backend != "onnxruntime":
-        raise BadInput(f"{path}: [quantization] x86_without_vnni is an onnxruntime setting; remove it for backend {p.backend}")
+    _check_backend_settings(q, spec, path)
     if not 0.0 <= q.max_float_mac_share <= 1.0:
         raise BadInput(f"{path}: [quantization] max_float_mac_share must be within 0..1, got {q.max_float_mac_share!r}")
     if q.subset_size is not None and (not isinstance(q.subset_size, int) or q.subset_size < 1):
@@ -192,6 +191,19 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
     from .gates import check_limits  # the one validator of gate limits (finite; ratios and agreements within 0..1)
 
     check_limits(dataclasses.asdict(p.gates), f"{path}: [gates]")
+
+
+def _check_backend_settings(q: QuantSpec, spec, path: Path) -> None:
+    """A [quantization] key that some backends own (their specs' ``settings``) keeps its default
+    in the profiles of every other backend."""
+    from . import backends
+
+    default = QuantSpec()
+    for key in dict.fromkeys(k for other in backends.registry().values() for k in other.settings):
+        if key not in spec.settings and getattr(q, key) != getattr(default, key):
+            owners = " or ".join(other.name for other in backends.registry().values() if key in other.settings)
+            article = "an" if owners[0] in "aeiou" else "a"
+            raise BadInput(f"{path}: [quantization] {key} is {article} {owners} setting; remove it for backend {spec.name}")
 
 
 def resolve_target(spec: str) -> TargetProfile:

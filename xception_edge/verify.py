@@ -18,31 +18,8 @@ import dataclasses
 
 import numpy as np
 
+from .records import Verification
 from .runtime.base import Runtime
-
-
-@dataclasses.dataclass(frozen=True)
-class VerifyResult:
-    images: int
-    agreement: float  # top-1 agreement with the source model (ties within one output step agree)
-    strict_agreement: float  # plain top-1 equality
-    max_abs_diff: float  # of dequantized output probabilities
-    mean_abs_diff: float
-    floor: float
-    images_from: str
-    reference_max_prob: float  # mean top-1 probability of the source: near 1/classes = untrained
-    mode: str = "top1"  # "top1": gated on agreement; "distribution": undecided source, gated on max |Δp|
-    max_abs_diff_limit: float | None = None
-    kernels: str | None = None  # how the runtime ran the artifact when not with its usual kernels (Runtime.note)
-
-    @property
-    def passed(self) -> bool:
-        if self.mode == "distribution":
-            return bool(self.max_abs_diff <= self.max_abs_diff_limit)
-        return bool(self.agreement >= self.floor)
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "passed": self.passed}
 
 
 def is_undecided(reference: np.ndarray) -> bool:
@@ -52,7 +29,7 @@ def is_undecided(reference: np.ndarray) -> bool:
 
 def compare(
     reference: np.ndarray, candidate: np.ndarray, floor: float, images_from: str, tie_tolerance: float = 0.0
-) -> VerifyResult:
+) -> Verification:
     if reference.shape != candidate.shape:
         raise ValueError(f"output shapes differ: source {reference.shape}, artifact {candidate.shape}")
     if len(reference) == 0:
@@ -66,7 +43,7 @@ def compare(
     tied = ref[rows, cand_top] >= ref[rows, ref_top] - tie_tolerance
     classes = ref.shape[-1]
     undecided = is_undecided(ref)
-    return VerifyResult(
+    return Verification(
         images=int(len(ref)),
         agreement=float(np.mean(strict | tied)),
         strict_agreement=float(np.mean(strict)),
@@ -80,7 +57,7 @@ def compare(
     )
 
 
-def verify(runtime: Runtime, images: np.ndarray, reference: np.ndarray, floor: float, images_from: str) -> VerifyResult:
+def verify(runtime: Runtime, images: np.ndarray, reference: np.ndarray, floor: float, images_from: str) -> Verification:
     out = runtime.output_spec
     tol = out.scale if out.quantized else 0.0
     result = compare(reference, runtime.predict(images), floor, images_from, tie_tolerance=tol)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from collections.abc import Callable
 
 from ..errors import BadInput
@@ -29,14 +30,36 @@ class BackendSpec:
     colour: str = "#7f7f7f"  # its colour in report plots
     float_io_only: bool = False  # its int8 artifacts keep float32 input and output
     accuracy_control: bool = False  # has accuracy.py: its own accuracy-aware quantization for --max-drop
+    native_bench: bool = False  # has native_bench.py: the vendor's own benchmark tool (bench/run_matrix.py)
     check_profile: Callable | None = None  # (profile, path) -> None: backend-specific profile rules
+    settings: tuple[str, ...] = ()  # [quantization] keys only it reads: other backends' profiles must leave them unset
+    convert_requires: tuple[tuple[str, str], ...] = ()  # (module, pip extra bringing it) its converter imports
+    quantize_requires: tuple[tuple[str, str], ...] = ()  # the same, for calibrated int8 only
+    native_scope: str = ""  # regex: ignored_scope entries that may name an op/tensor of its converted model
+    native_names: str = ""  # what those are, for error messages ("TFLite tensor names")
+    scope_kinds: tuple[str, ...] = ()  # Keras layer classes it can keep in float (empty: any layer)
+    device_requires: tuple[str, ...] = ()  # pip distributions its runtime needs on a device, besides numpy
     package: str = ""  # the import path of its package (filled by the registry)
+
+    def missing(self, precision) -> tuple[str, str] | None:
+        """(module, pip extra) of the first module converting to ``precision`` needs that is not
+        installed (looked up with importlib.util.find_spec: nothing is imported), or None."""
+        needs = self.convert_requires + (self.quantize_requires if precision.needs_calibration else ())
+        for module, extra in needs:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                return module, extra
+        return None
 
     def _module(self, part: str):
         return importlib.import_module(f"{self.package}.{part}")
 
     def converter(self) -> Callable:
-        """``convert(source, profile, calibration, stage, workdir, **options) -> ConvertedModel``."""
+        """``convert(source, profile, calibration, stage, exports, **options) -> ConvertedModel``
+        (``exports``: the run's ``exports.Exports``)."""
         return self._module("convert").convert
 
     def runtime_class(self) -> type:
@@ -50,6 +73,11 @@ class BackendSpec:
     def accuracy(self):
         """The module with ``try_accuracy_control(...)``, or None."""
         return self._module("accuracy") if self.accuracy_control else None
+
+    def native_benchmark(self):
+        """The module with ``latency(model, manifest, *, runs, threads, bin_dir) -> (tool, ms) | None``
+        (the vendor's own benchmark tool, run as a subprocess), or None."""
+        return self._module("native_bench") if self.native_bench else None
 
 
 def _spec_of(package: str) -> BackendSpec:

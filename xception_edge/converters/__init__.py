@@ -7,7 +7,7 @@ from .base import ConvertedModel
 
 
 def converter_for(backend: str):
-    """The backend's ``convert(source, profile, calibration, stage, workdir)`` function."""
+    """The backend's ``convert(source, profile, calibration, stage, exports)`` function."""
     from .. import backends
 
     return backends.get(backend).converter()

@@ -50,6 +50,40 @@ def _top1(model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == y))
 
 
+def _epoch_logger(keras, epochs: int):
+    """A callback that prints one line per epoch (loss, train and val accuracy, seconds)."""
+
+    class _EpochLine(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            console.info(
+                f"epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.3f}, "
+                f"train acc {logs.get('accuracy', float('nan')):.3f}, "
+                f"val acc {logs.get('val_accuracy', float('nan')):.3f} "
+                f"({time.perf_counter() - self.start:.1f}s)"
+            )
+
+    return _EpochLine()
+
+
+def _compiled_model(keras, input_size: int, width: int, middle_blocks: int, steps: int, learning_rate: float):
+    """The compact Xception, compiled with Adam on a cosine-decaying learning rate."""
+    from .model import build_compact_xception
+
+    model = build_compact_xception(input_size, len(CLASS_NAMES), width, middle_blocks)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps))
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,  # XLA is many times slower for this model on CPU
+    )
+    return model
+
+
 def train_demo_model(
     data_root: Path,
     out_path: Path,
@@ -69,8 +103,6 @@ def train_demo_model(
     """
     import keras
 
-    from .model import build_compact_xception
-
     spec = PreprocessSpec(input_size, input_size)
     t0 = time.perf_counter()
     x_train, y_train = load_split(data_root, "train", spec)
@@ -79,37 +111,16 @@ def train_demo_model(
     load_seconds = time.perf_counter() - t0
 
     keras.utils.set_random_seed(seed)
-    model = build_compact_xception(input_size, len(CLASS_NAMES), width, middle_blocks)
     steps = epochs * -(-len(x_train) // batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps))
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=False,  # XLA is many times slower for this model on CPU
-    )
+    model = _compiled_model(keras, input_size, width, middle_blocks, steps, learning_rate)
     console.info(
         f"training demo model: {model.count_params():,} parameters, {len(x_train)} images, "
         f"{epochs} epochs at {input_size}x{input_size}"
     )
-
-    class _EpochLine(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            console.info(
-                f"epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.3f}, "
-                f"train acc {logs.get('accuracy', float('nan')):.3f}, "
-                f"val acc {logs.get('val_accuracy', float('nan')):.3f} "
-                f"({time.perf_counter() - self.start:.1f}s)"
-            )
-
     t1 = time.perf_counter()
     history = model.fit(
         x_train, y_train, batch_size=batch_size, epochs=epochs, shuffle=True,
-        validation_data=(x_val, y_val), callbacks=[_EpochLine()], verbose=0,
+        validation_data=(x_val, y_val), callbacks=[_epoch_logger(keras, epochs)], verbose=0,
     )  # fmt: skip
     train_seconds = time.perf_counter() - t1
     stats = {

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..records import Manifest
 from .layers import LayerPart, float_mac_share, total_macs
 
 SQNR_CAP_DB = 120.0  # identical tensors (no noise) are reported as this, not infinity
@@ -64,12 +65,12 @@ class InspectContext:
     so a backend that must re-quantize to use its own debugging tool gets the same int8 model."""
 
     artifact: Path  # the artifact folder (manifest checked)
-    manifest: dict
+    manifest: Manifest
     profile: Any  # TargetProfile the artifact was converted with
     source: Any  # model_io.SourceModel (keras_model set for .keras/.h5/keras:xception)
     calib: Any  # calibration.CalibrationSet: decoded, preprocessed as the manifest says
     images: np.ndarray  # (N, H, W, 3) float32 preprocessed images to measure on
-    workdir: Path  # scratch folder for exports (SavedModel, ONNX, OpenVINO), deleted afterwards
+    exports: Any  # exports.Exports: the run's exports of ``source`` (scratch folder ``exports.workdir``)
     parts: dict[str, LayerPart]  # layers.layer_parts(source.keras_model); {} without a Keras model
 
 

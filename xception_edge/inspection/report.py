@@ -116,7 +116,7 @@ def plot(result: dict, marked: int = 3) -> str:
         ax.set_ylabel("SQNR dB")
         ax.set_title(f"{a['target']} ({a['backend']})", fontsize=9, loc="left")
         ax.grid(alpha=0.3)
-        _label_points(fig, ax, [(e["order"], e["sqnr_db"], {"name": layer}) for layer, e in worst.items()])
+        _label_points(fig, ax, [(e["order"], e["sqnr_db"], layer) for layer, e in worst.items()])
     axes[-1, 0].set_xlabel("layer (network order)")
     fig.suptitle(
         f"SQNR vs fp32 along the network (higher is better; dots: depthwise; circled: the {marked} most harmful layers)",

@@ -35,11 +35,11 @@ def int8_artifacts(root: Path) -> list[Path]:
     from ..evaluation import discover_artifacts
 
     arts = discover_artifacts(Path(root))
-    int8 = [a.folder for a in arts if a.manifest.get("precision") == "int8"]
+    int8 = [a.folder for a in arts if a.manifest.precision == "int8"]
     if not int8:
-        kinds = ", ".join(sorted({f"{a.manifest.get('precision')}" for a in arts}))
+        kinds = ", ".join(sorted({a.manifest.precision for a in arts}))
         raise BadInput(f"{root} holds no int8 artifact (found: {kinds}); inspect compares int8 artifacts with their fp32 source")
-    skipped = [a.name for a in arts if a.manifest.get("precision") != "int8"]
+    skipped = [a.name for a in arts if a.manifest.precision != "int8"]
     if skipped:
         console.info(f"inspect: skipping {len(skipped)} non-int8 artifact(s): {', '.join(skipped)}")
     return int8
@@ -47,13 +47,13 @@ def int8_artifacts(root: Path) -> list[Path]:
 
 def inspect_one(ctx) -> dict:
     """Measure one artifact (context already open) and return its result record."""
-    backend = ctx.manifest["backend"]
+    backend = ctx.manifest.backend
     t0 = time.perf_counter()
     errors = finish(backend_module(backend).measure(ctx), ctx.parts)
     matched = {e.layer for e in errors if e.layer}
     missing = [p.name for p in ctx.parts.values() if p.weighted and p.name not in matched]
     return {
-        "target": ctx.manifest["target"],
+        "target": ctx.manifest.target,
         "backend": backend,
         "path": str(ctx.artifact),
         "tool": backend_module(backend).TOOL,
@@ -70,7 +70,7 @@ def run_inspect(req: InspectRequest) -> dict:
     if req.num_images < 1:
         raise BadInput(f"--num-images {req.num_images} must be at least 1")
     folders = int8_artifacts(req.artifacts)
-    results, src, decoded = [], None, {}
+    results, src, exports, decoded = [], None, None, {}
     with tempfile.TemporaryDirectory(prefix="xception-edge-inspect-") as workdir:  # exports shared by every artifact
         for folder in folders:
             ctx = open_context(
@@ -82,12 +82,13 @@ def run_inspect(req: InspectRequest) -> dict:
                 calibration_root=req.calibration_root,
                 unsafe_model=req.unsafe_model,
                 source=src,
+                exports=exports,
                 decoded=decoded,
             )
-            src = ctx.source
+            src, exports = ctx.source, ctx.exports
             console.info(
-                f"[{ctx.manifest['target']}] inspecting {len(ctx.parts)} layers on {len(ctx.images)} images "
-                f"({backend_module(ctx.manifest['backend']).TOOL})"
+                f"[{ctx.manifest.target}] inspecting {len(ctx.parts)} layers on {len(ctx.images)} images "
+                f"({backend_module(ctx.manifest.backend).TOOL})"
             )
             results.append(inspect_one(ctx))
     return {

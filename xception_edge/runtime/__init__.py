@@ -7,15 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..artifact import read_manifest
+from ..records import Manifest
 from .base import Runtime
 
 
-def open_artifact(folder: str | Path, *, threads: int | None = None, manifest: dict | None = None) -> Runtime:
+def open_artifact(folder: str | Path, *, threads: int | None = None, manifest: Manifest | None = None) -> Runtime:
+    """The artifact in ``folder`` opened with its backend's runtime (``manifest``: already read)."""
     from .. import backends
 
     folder = Path(folder)
     manifest = manifest if manifest is not None else read_manifest(folder)
-    spec = backends.get(manifest.get("backend"), f"{folder}/manifest.json")
+    spec = backends.get(manifest.backend, f"{folder}/manifest.json")
     return spec.runtime_class()(folder, manifest, threads=threads)
 
 

@@ -4,36 +4,13 @@ from __future__ import annotations
 
 import abc
 import os
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 
+from ..records import Manifest, TensorSpec, relative_file
+
 _DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8}
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """A model input/output as the artifact sees it; scale/zero_point for quantized tensors."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    scale: float = 0.0
-    zero_point: int = 0
-
-    @property
-    def quantized(self) -> bool:
-        return self.dtype in ("int8", "uint8")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["shape"] = list(self.shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TensorSpec:
-        return cls(d["name"], d["dtype"], tuple(d["shape"]), float(d.get("scale", 0.0)), int(d.get("zero_point", 0)))
 
 
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -57,17 +34,14 @@ class Runtime(abc.ABC):
     backend = ""
     note: str | None = None  # set when the artifact runs here with other kernels than on its device
 
-    def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, *, threads: int | None = None):
         self.folder = Path(folder)
         self.manifest = manifest
         # --threads wins; else the profile's count, capped at this machine's cores
-        self.threads = int(threads or min(int(manifest.get("threads") or 1), os.cpu_count() or 1))
-        from ..records import relative_file
-
-        self.model_path = relative_file(manifest["model_file"], self.folder, f"{self.folder}: model_file")
-        io = manifest["io"]
-        self.input_spec = TensorSpec.from_dict(io["input"])
-        self.output_spec = TensorSpec.from_dict(io["output"])
+        self.threads = int(threads or min(manifest.threads or 1, os.cpu_count() or 1))
+        self.model_path = relative_file(manifest.model_file, self.folder, f"{self.folder}: model_file")
+        self.input_spec = manifest.input
+        self.output_spec = manifest.output
         self._load()
 
     @abc.abstractmethod

@@ -8,5 +8,10 @@ SPEC = BackendSpec(
     precisions=("fp32", "fp16", "dynamic-int8", "int8"),
     extra="device",
     tools=("tensorflow", "keras", "ai-edge-litert", "tflite-runtime"),
+    device_requires=("ai-edge-litert",),
     colour="#1f77b4",
+    native_bench=True,
+    convert_requires=(("tensorflow", "convert"), ("keras", "convert")),
+    native_scope=r".*[/;].*",
+    native_names="TFLite tensor names",
 )

@@ -16,7 +16,7 @@ pairs compare each int8 op with the same op in float fed the same dequantized in
 comes from ``layer_direct_compare_metrics`` (Σfloat² and Σ(float − dequantized int8)² per image,
 summed over the images). Layers kept in float have no own error.
 
-TFLite tensor names -> Keras layers: ``backends/litert/convert.py: op_layers`` (also used for the denylist).
+TFLite tensor names -> Keras layers: ``backends/litert/ops.py: op_layers`` (also used for the denylist).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import warnings
 import numpy as np
 
 from ... import console, frameworks
-from .convert import build_converter, interpreter, op_layers, quantization_debugger
+from .convert import build_converter
+from .ops import interpreter, op_layers
+from .selective import quantization_debugger
 from ...errors import ConversionFailed
 from ...runtime.base import TensorSpec, dequantize, quantize
 from ...inspection.base import InspectContext, LayerError, SqnrAccumulator
@@ -39,14 +41,14 @@ _VERIFY_OP = "NumericVerify"
 
 def measure(ctx: InspectContext) -> list[LayerError]:
     keras_model = ctx.source.keras_model
-    ctx.source.export_saved_model(ctx.workdir)  # cached per source
+    saved_model = ctx.exports.saved_model()  # once per run, before the progress starts
     with console.progress(
         f"{ctx.profile.name}: calibrating the QuantizationDebugger on {len(ctx.calib)} images", total=len(ctx.calib)
     ) as task:
-        converter = build_converter(ctx.source, ctx.profile, ctx.calib, ctx.workdir, on_image=task.advance)
+        converter = build_converter(saved_model, ctx.profile, ctx.calib, on_image=task.advance)
         debugger, _ = quantization_debugger(converter, ctx.profile, ctx.source)
     f_int = interpreter(debugger.calibrated_model, preserve_all_tensors=True)
-    q_int = interpreter(ctx.artifact / ctx.manifest["model_file"], preserve_all_tensors=True)
+    q_int = interpreter(ctx.artifact / ctx.manifest.model_file, preserve_all_tensors=True)
     f_ops, q_ops = op_layers(f_int, keras_model), op_layers(q_int, keras_model)
     own = own_sqnr(debugger, ctx.images, {o.tensor for o in f_ops})
     pairs = _pair_ops(f_ops, q_ops)

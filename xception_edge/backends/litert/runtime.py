@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import frameworks
+from .frameworks import litert_interpreter
 from ...errors import BadInput, first_line
 from ...runtime.base import Runtime
 
@@ -14,7 +14,7 @@ class LiteRTRuntime(Runtime):
     backend = "litert"
 
     def _load(self) -> None:
-        Interpreter = frameworks.litert_interpreter()
+        Interpreter = litert_interpreter()
         model_path = self.model_path
         try:
             self.interpreter = Interpreter(model_path=str(model_path), num_threads=self.threads)

@@ -22,7 +22,17 @@ SPEC = BackendSpec(
     precisions=("fp32", "int8"),
     extra="onnxruntime",
     tools=("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"),
+    device_requires=("onnxruntime",),
     colour="#2ca02c",
     float_io_only=True,
     check_profile=check_profile,
+    settings=("x86_without_vnni",),
+    convert_requires=(
+        ("tensorflow", "convert"),
+        ("keras", "convert"),
+        ("tf2onnx", "convert"),
+        ("onnx", "convert"),
+        ("onnxruntime", "convert"),
+    ),
+    quantize_requires=(("sympy", "convert"),),
 )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import console, frameworks
+from .frameworks import onnxruntime, ort_quantization
 from ...calibration import CalibrationSet
 from ...errors import BadInput, ConversionFailed, first_line
 from ...hostinfo import cpu_flags
@@ -24,6 +25,7 @@ from ...model_io import SourceModel, _all_layers
 from ...runtime.base import TensorSpec
 from ...profiles import Precision, QuantSpec, TargetProfile
 from ...converters.base import ConvertedModel
+from ...exports import Exports
 
 MODEL_FILE = "model.onnx"
 OPSET = 17
@@ -34,10 +36,12 @@ _ELEM = {1: "float32", 2: "uint8", 3: "int8"}
 _COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 
 
-def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | None, stage: Path, workdir: Path) -> ConvertedModel:
+def convert(
+    src: SourceModel, profile: TargetProfile, calib: CalibrationSet | None, stage: Path, exports: Exports
+) -> ConvertedModel:
     onnx = frameworks.onnx()
-    ort = frameworks.onnxruntime("convert")
-    exported = src.export_onnx(workdir, OPSET)
+    ort = onnxruntime("convert")
+    exported = exports.onnx(OPSET)
     out = stage / MODEL_FILE
     details: dict = {}
     if profile.precision is Precision.FP32:
@@ -47,7 +51,7 @@ def convert(src: SourceModel, profile: TargetProfile, calib: CalibrationSet | No
             raise ConversionFailed(f"{profile.name}: int8 needs calibration images; pass --calibration DIR")
         keras_layers = {layer.name for layer in _all_layers(src.keras_model)} if src.keras_model is not None else None
         details["quantization"] = quantize_qdq(
-            exported, out, calib, profile.quantization, profile.per_channel, workdir, profile.name, keras_layers
+            exported, out, calib, profile.quantization, profile.per_channel, profile.name, keras_layers
         )
     try:
         onnx.checker.check_model(str(out))
@@ -79,12 +83,13 @@ def _producer(model) -> str:
     return f"{model.producer_name} {model.producer_version}".strip()
 
 
-def preprocessed(fp32: Path, workdir: Path) -> Path:
-    """quant_pre_process (ORT optimization + symbolic shape inference), once per run: the fp32
-    model quantize_static starts from (and `inspect` compares against, tensor names being equal)."""
-    pre = Path(workdir) / "onnx" / "model.preprocessed.onnx"
+def preprocessed(fp32: Path) -> Path:
+    """quant_pre_process (ORT optimization + symbolic shape inference), once per run (beside the
+    run's export ``fp32``): the fp32 model quantize_static starts from (and `inspect` compares
+    against, tensor names being equal)."""
+    pre = fp32.with_name("model.preprocessed.onnx")
     if not pre.exists():
-        shape_inference = frameworks.ort_quantization().shape_inference
+        shape_inference = ort_quantization().shape_inference
         tmp = pre.with_suffix(".tmp.onnx")
         try:
             shape_inference.quant_pre_process(str(fp32), str(tmp))
@@ -130,20 +135,20 @@ def quantize_qdq(
     calib: CalibrationSet,
     q: QuantSpec,
     per_channel: bool,
-    workdir: Path,
     label: str,
     keras_layers: set[str] | None = None,
 ) -> dict:
     """Static QDQ int8 of ``fp32`` into ``out``. Calibration ranges depend only on the model,
-    the images and the method, so targets of one run that share them calibrate once (cache)."""
-    oq = frameworks.ort_quantization()
+    the images and the method, so targets of one run that share them calibrate once (a cache
+    beside the run's export ``fp32``)."""
+    oq = ort_quantization()
     onnx = frameworks.onnx()
-    pre = preprocessed(fp32, workdir)
+    pre = preprocessed(fp32)
     model = onnx.load(str(pre))
     input_name = model.graph.input[0].name
     excluded = _excluded_nodes(model, q.ignored_scope, label, keras_layers)
     key = hashlib.sha256(f"{q.calibration_method}|{calib.summary()['list_sha256']}|{len(calib)}".encode()).hexdigest()[:16]
-    cache = Path(workdir) / "onnx" / f"calibration-{q.calibration_method}-{key}.json"
+    cache = pre.parent / f"calibration-{q.calibration_method}-{key}.json"
     cached = cache.exists()
     with console.progress(f"{label}: calibrating ({q.calibration_method}) on {len(calib)} images", total=len(calib)) as task:
         if cached:
@@ -195,7 +200,10 @@ def _excluded_nodes(model, layers: tuple[str, ...], label: str, keras_layers: se
             if any(seg_layer.get(s) == layer for name in [n.name, *n.input[1:]] for s in name.split("/"))
         ]
         if not hits:
-            raise BadInput(f"{label}: [quantization] ignored_scope names layer '{layer}', which is not in the model")
+            raise BadInput(
+                f"{label}: [quantization] ignored_scope entry '{layer}' has no node of its own in the ONNX model "
+                "(fused into another op, or computing nothing); name a layer with weights instead"
+            )
         out += [h for h in hits if h not in out]
     return out
 

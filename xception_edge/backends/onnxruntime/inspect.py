@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import frameworks
+from .frameworks import onnxruntime, ort_quantization
 from .convert import OPSET, preprocessed, segment_layers
 from ...errors import ConversionFailed
 from ...inspection.base import InspectContext, LayerError, SqnrAccumulator
@@ -74,13 +75,14 @@ class _Point:
 
 
 def measure(ctx: InspectContext) -> list[LayerError]:
-    frameworks.ort_quantization()
+    ort_quantization()
     qd = importlib.import_module("onnxruntime.quantization.qdq_loss_debug")
     onnx = frameworks.onnx()
-    qdq_path = ctx.artifact / ctx.manifest["model_file"]
+    qdq_path = ctx.artifact / ctx.manifest.model_file
     g = _Qdq(onnx.load(str(qdq_path)))
-    folder = Path(ctx.workdir) / "onnx"
-    fp = _aligned_fp32(onnx.load(str(preprocessed(ctx.source.export_onnx(ctx.workdir, OPSET), ctx.workdir))), g, qdq_path)
+    pre = preprocessed(ctx.exports.onnx(OPSET))
+    folder = pre.parent
+    fp = _aligned_fp32(onnx.load(str(pre)), g, qdq_path)
     fp_path = folder / "inspect.fp32.onnx"
     onnx.save(fp, str(fp_path))
     points = _points(g, fp, {p.layer for p in ctx.parts.values()}, ctx.parts)
@@ -119,7 +121,7 @@ def _activation_errors(qd, aug_f: Path, aug_q: Path, input_name: str, images, pa
     qdq_err for each tensor create_activation_matching pairs, run in chunks of images. Where
     the quantizer dropped a Relu (``relu``), the tensor before QuantizeLinear is the op's output
     before the Relu, which the quantized range clips at 0: qdq_err compares Relu(pre) with post."""
-    ort = frameworks.onnxruntime("convert")
+    ort = onnxruntime("convert")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = int(threads or 0)

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import frameworks
+from .frameworks import onnxruntime
 from ...errors import BadInput, first_line
 from ...hostinfo import cpu_flags
+from ...records import Manifest
 from ...runtime.base import Runtime
 
 
 _X86 = {"x86_64", "amd64", "x86", "i686"}
 
 
-def saturating_host(manifest: dict) -> str | None:
+def saturating_host(manifest: Manifest) -> str | None:
     """Why this host cannot run an int8 artifact made for ARM with its fused int8 kernels, if so.
 
     ONNX Runtime's x86 int8 kernels without VNNI add pairs of u8 x s8 products in 16 bits
@@ -26,8 +27,8 @@ def saturating_host(manifest: dict) -> str | None:
     QuantizeLinear, the QDQ model's reference semantics, which is what the device's exact int32
     kernels compute. Measured on the tiny demo, AMD EPYC (AVX2): top-1 agreement with Keras 69%
     fused, 95% unfused."""
-    hw = str(manifest.get("hardware") or "").lower()
-    if manifest.get("precision") != "int8" or not hw.startswith(("arm", "aarch")):
+    hw = (manifest.hardware or "").lower()
+    if manifest.precision != "int8" or not hw.startswith(("arm", "aarch")):
         return None
     if platform.machine().lower() not in _X86 or {"avx512_vnni", "avx_vnni"} & set(cpu_flags()):
         return None
@@ -41,7 +42,7 @@ def make_session(model_path: str | Path, threads: int, *, fuse: bool = True):
     """CPU session: `threads` intra-op threads, one inter-op thread, sequential execution,
     every graph optimization (QDQ pairs fuse into QLinearConv / QLinearMatMul here), or none
     (``fuse=False``: the QDQ reference semantics, in float)."""
-    ort = frameworks.onnxruntime()
+    ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1

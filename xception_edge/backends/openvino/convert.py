@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ... import console, frameworks
+from ... import console
+from .frameworks import nncf as guarded_nncf
+from .frameworks import openvino
 from ...calibration import CalibrationSet
-from ...errors import BadInput, ConversionFailed, first_line
+from ...errors import ConversionFailed, first_line
 from ...model_io import SourceModel, _all_layers
 from ...runtime.base import TensorSpec
 from ...profiles import Precision, TargetProfile
 from ...converters.base import ConvertedModel
+from ...exports import Exports
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
@@ -50,22 +52,22 @@ def convert(
     profile: TargetProfile,
     calib: CalibrationSet | None,
     stage: Path,
-    workdir: Path,
+    exports: Exports,
     *,
     accuracy_control: AccuracyControl | None = None,
 ) -> ConvertedModel:
-    ov = frameworks.openvino()
+    ov = openvino()
     precision = profile.precision
     if precision is Precision.INT8 and (calib is None or len(calib) == 0):
         raise ConversionFailed(f"{profile.name}: int8 needs calibration images; pass --calibration DIR")
-    model = src.ov_model(workdir).clone()
+    model = source_model(exports).clone()
     layer_ops = name_keras_layers(model, src.keras_model)
     tools = {"openvino": ov.__version__.split("-")[0]}
     details: dict = {"cpu_inference_precision": CPU_INFERENCE_PRECISION, "keras_layers_named": len(layer_ops)}
     if precision is Precision.INT8:
         ignored = resolve_ignored_scope(profile, model, layer_ops, src)
         model, qdetails = _quantize(model, profile, calib, ignored, accuracy_control, layer_ops)
-        tools["nncf"] = frameworks.nncf().__version__
+        tools["nncf"] = guarded_nncf().__version__
         details.update(qdetails)
     compress = precision is Precision.FP16
     try:
@@ -80,6 +82,23 @@ def convert(
         details["bin_bytes"] = (stage / WEIGHTS_FILE).stat().st_size
     inp, out = io_specs(saved)
     return ConvertedModel(MODEL_FILE, inp, out, tools, details)
+
+
+def source_model(exports: Exports):
+    """The openvino.Model of the run's SavedModel (batch 1, NHWC, fixed size), converted once per
+    run and shared by every OpenVINO target (``exports.cached``): callers clone it before changing it."""
+
+    def make():
+        ov = openvino()
+        path = exports.saved_model()
+        src = exports.source
+        with console.progress("Converting the SavedModel to OpenVINO", total=None):
+            try:
+                return ov.convert_model(str(path), input=[1, src.height, src.width, 3])
+            except Exception as exc:
+                raise ConversionFailed(f"openvino.convert_model failed on {src.spec}: {first_line(exc)}") from None
+
+    return exports.cached("openvino", make)
 
 
 # --------------------------------------------------------------------------- quantization
@@ -113,7 +132,7 @@ OVERFLOW_FIX = {"enable": "enable", "first_layer": "first_layer_only", "disable"
 
 
 def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: list[str], accuracy_control=None, layer_ops=None):
-    nncf = frameworks.nncf()
+    nncf = guarded_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix, QuantizationParameters
 
     q = profile.quantization
@@ -194,38 +213,26 @@ def _with_accuracy_control(nncf, model, dataset, ac: AccuracyControl, name: str,
 
 def resolve_ignored_scope(profile: TargetProfile, model, layer_ops: dict[str, list[str]], src: SourceModel) -> list[str]:
     """Profile ignored_scope entries -> OpenVINO op names. An entry is a Keras layer with weights
-    (matched to its ops) or an op name of the converted model; anything else is a BadInput."""
+    (matched to its ops) or an op name of the converted model; anything else is a BadInput
+    (``scope.check_entry``, which the run's precheck applied already to the Keras names)."""
+    from ... import scope
+    from . import SPEC
+
     op_names = {op.get_friendly_name() for op in model.get_ops()}
-    keras_layers = (
-        {layer.name: layer.__class__.__name__ for layer in _all_layers(src.keras_model)} if src.keras_model is not None else {}
-    )
     out: list[str] = []
     for entry in profile.quantization.ignored_scope:
         if entry in layer_ops:
             names = layer_ops[entry]
         elif entry in op_names:
             names = [entry]
-        else:
-            where = f"{profile.source or profile.name}: [quantization] ignored_scope entry '{entry}'"
-            if entry in keras_layers:
-                prefix = entry.split("_")[0] + "_"
-                near = [n for n in layer_ops if n.startswith(prefix)] or difflib.get_close_matches(
-                    entry, list(layer_ops), n=4, cutoff=0.3
-                )
-                raise BadInput(
-                    f"{where} is a Keras {keras_layers[entry]} layer, which has no weights of its own in the OpenVINO model; "
-                    f"name a Conv2D/SeparableConv2D/DepthwiseConv2D/Dense layer, e.g. {', '.join(near[:4] or sorted(layer_ops)[:4])}"
-                )
-            weighted = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
-            pool = sorted(set(layer_ops) | set(keras_layers) | set(weighted))
-            close = [n for n in pool if entry in n] or difflib.get_close_matches(entry, pool, n=4, cutoff=0.5)
-            close = (close or sorted(layer_ops) or weighted)[:4]
-            hint = (
-                ""
-                if src.keras_model is not None
-                else " (a SavedModel keeps no Keras layer names: name OpenVINO ops, or convert the .keras file)"
+        elif scope.check_entry(profile, entry, src, SPEC):  # a weighted Keras layer whose weights matched no op
+            raise ConversionFailed(
+                f"{profile.name}: the weights of Keras layer '{entry}' match no op of the OpenVINO model, so it cannot "
+                "be kept in float (was the model changed after loading?)"
             )
-            raise BadInput(f"{where} is not a layer of {src.spec}{hint}; close layer names: {', '.join(close)}")
+        else:
+            weighted = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
+            raise scope.unknown_entry(profile, entry, src, pool=set(layer_ops) | set(weighted), native=SPEC.native_names)
         out.extend(n for n in names if n not in out)
     return out
 

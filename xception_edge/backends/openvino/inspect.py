@@ -20,8 +20,9 @@ the fp32 model's input activations, against the fp32 op's output.
 
 from __future__ import annotations
 
-from ... import console, frameworks
-from .convert import CPU_INFERENCE_PRECISION, name_keras_layers
+from ... import console
+from .frameworks import openvino
+from .convert import CPU_INFERENCE_PRECISION, name_keras_layers, source_model
 from ...errors import BadInput
 from ...model_io import _all_layers
 from ...inspection.base import InspectContext, LayerError, SqnrAccumulator
@@ -35,11 +36,11 @@ DEVICE = "CPU"
 
 
 def measure(ctx: InspectContext) -> list[LayerError]:
-    ov = frameworks.openvino()
-    fp = ctx.source.ov_model(ctx.workdir).clone()
+    ov = openvino()
+    fp = source_model(ctx.exports).clone()
     name_keras_layers(fp, ctx.source.keras_model)
     core = ov.Core()
-    q = core.read_model(str(ctx.artifact / ctx.manifest["model_file"]))
+    q = core.read_model(str(ctx.artifact / ctx.manifest.model_file))
     points = _match(fp, q, ctx.source.keras_model)
     _check_matched(ctx, points)
     pairs = _tap_ports(ctx, points)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import frameworks
+from .frameworks import openvino
 from ...errors import BadInput, first_line
 from ...runtime.base import Runtime
 
@@ -21,13 +21,13 @@ class OpenVINORuntime(Runtime):
     backend = "openvino"
 
     def _load(self) -> None:
-        ov = frameworks.openvino()
+        ov = openvino()
         model_path = self.model_path
         self.device = DEVICE
         self.config = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": self.threads,
-            "INFERENCE_PRECISION_HINT": (self.manifest.get("conversion") or {}).get("cpu_inference_precision", "f32"),
+            "INFERENCE_PRECISION_HINT": self.manifest.fact("conversion", "cpu_inference_precision", "f32"),
         }
         core = ov.Core()
         try:
