@@ -149,3 +149,12 @@ def _digests(root: Path) -> dict[str, str]:
 def converted_all_log(converted_all) -> str:
     """What that one conversion printed (its progress and warnings)."""
     return (converted_all[0].parent / "convert.log").read_text()
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """The tiny demo (config TINY: synthetic dataset + trained compact Xception), built once into a
+    session cache folder: test_demo checks the training, test_demo_command runs the demo from it."""
+    from xception_edge.demo import TINY, ensure_demo
+
+    return ensure_demo(tmp_path_factory.mktemp("demo-cache"), config=TINY)

@@ -128,12 +128,13 @@ def ov_ort_artifacts(converted_all):
 
 
 @pytest.mark.slow  # a fresh venv or wheel build
-def test_device_venv_with_openvino_or_onnxruntime_added(ov_ort_artifacts, tmp_path_factory):
-    """pip install 'xception-edge[device,openvino,onnxruntime]': each artifact imports only its runtime."""
+def test_device_venv_with_openvino_or_onnxruntime_added(device_venv, ov_ort_artifacts):
+    """pip install 'xception-edge[device,openvino,onnxruntime]': each artifact imports only its runtime.
+
+    Adds the extras to the module's device venv (one venv for both tests, so it runs after the
+    test above, which needs the venv without them: pytest runs a file's tests in order)."""
     out, val = ov_ort_artifacts
-    venv = tmp_path_factory.mktemp("device-ov-ort") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py = venv / "bin" / "python"
+    py = device_venv
     subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[device,openvino,onnxruntime]"], check=True, timeout=900)
     for target, own in (("x86-openvino-int8", "openvino"), ("x86-onnxruntime-int8", "onnxruntime")):
         code = textwrap.dedent(f"""

@@ -126,20 +126,21 @@ def test_compact_xception_refuses_small_input():
         build_compact_xception(input_size=64)
 
 
-def test_short_training_learns_something(tmp_path, small_dataset):
+@pytest.mark.slow  # builds the tiny demo (once a session, shared with test_demo_command)
+def test_short_training_learns_something(tiny_demo):
+    """The session's one tiny demo build (ensure_demo -> make_dataset + train_demo_model)."""
     import keras
 
-    from xception_edge.demo.train import train_demo_model
-
-    out = tmp_path / "m.keras"
-    stats = train_demo_model(small_dataset, out, epochs=12, input_size=72, middle_blocks=1)
+    stats = tiny_demo.stats
     chance = 1 / len(CLASS_NAMES)
-    assert stats["train_top1"] > 4 * chance  # measured: 1.0
-    assert stats["val_top1"] > 1.5 * chance  # measured: ~0.3 from only 16 images per class
-    assert stats["num_train"] == 16 * len(CLASS_NAMES) and stats["train_seconds"] > 0
-    model = keras.models.load_model(out)
-    assert model.input_shape == (None, 72, 72, 3) and model.output_shape == (None, len(CLASS_NAMES))
-    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]  # no temp file left
+    assert stats["train_top1"] > 4 * chance  # measured: ~0.99
+    assert stats["val_top1"] > 1.5 * chance  # measured: ~0.85
+    assert stats["num_train"] == TINY.train_per_class * len(CLASS_NAMES) and stats["train_seconds"] > 0
+    model = keras.models.load_model(tiny_demo.model)
+    assert model.input_shape == (None, TINY.input_size, TINY.input_size, 3)
+    assert model.output_shape == (None, len(CLASS_NAMES))
+    assert not [p.name for p in tiny_demo.root.iterdir() if p.name.startswith(".")]  # no temp file left
+    assert {"data", "model.keras", "stats.json"} <= {p.name for p in tiny_demo.root.iterdir()}
 
 
 def test_ensure_demo_caches_and_rebuilds_after_interruption(tmp_path, monkeypatch):

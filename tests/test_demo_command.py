@@ -12,13 +12,14 @@ from xception_edge.demo_run import demo_calibration_list
 from xception_edge.targets import builtin_names
 
 
-@pytest.mark.slow  # builds the tiny demo and runs every step
-def test_demo_command_converts_every_target_and_compares(tmp_path):
+@pytest.mark.slow  # the tiny demo (session fixture tiny_demo builds it) and every demo step
+def test_demo_command_converts_every_target_and_compares(tiny_demo, tmp_path):
+    """From the session's tiny demo cache (built by ensure_demo, as `demo --tiny` would on a miss)."""
     out = tmp_path / "artifacts"
-    r = CliRunner().invoke(
-        cli, ["demo", "--tiny", "--cache", str(tmp_path / "cache"), "--out", str(out), "--json"], catch_exceptions=False
-    )
+    cache = tiny_demo.root.parent
+    r = CliRunner().invoke(cli, ["demo", "--tiny", "--cache", str(cache), "--out", str(out), "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    assert "using cached demo model" in r.stderr
     payload = json.loads(r.stdout)
     conv = {c["target"]: c for c in payload["conversions"]}
     assert set(conv) == set(builtin_names()) and all(c["error"] is None for c in conv.values())

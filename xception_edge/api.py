@@ -115,9 +115,16 @@ def bench(
     threads: int | None = None,
     data: str | Path | None = None,
     reference: str | Path | None = None,
+    device: str = "local",
+    device_python: str | None = None,
+    keep: bool = False,
 ) -> dict:
-    """Latency (and accuracy with ``data``) of one artifact folder with its own runtime, here."""
+    """Latency (and accuracy with ``data``) of one artifact folder with its own runtime, here or
+    on ``device`` (``"ssh://[user@]host[:port]"``, ``"emulated:arm64[:CPU]"``; ``"local"`` with
+    ``device_python`` runs it in that interpreter). A device run also measures parity: the device's
+    outputs against this host's on the same inputs (``result["parity"]``)."""
     from .benchmark import run_bench
+    from .devices.spec import parse
 
     if threads is not None and threads < 1:
         raise BadInput(f"--threads {threads} must be at least 1")
@@ -126,7 +133,21 @@ def bench(
             f"--reference {reference} compares predictions on images: add --data DIR (the images the "
             "reference was made on), or drop --reference"
         )
-    return run_bench(Path(artifact), runs=runs, warmup=warmup, threads=threads, data=_path(data), reference=_path(reference))
+    spec = parse(device)
+    if spec.kind == "local" and device_python is None:
+        if keep:
+            raise BadInput("--keep keeps a device's temporary folder: add --device ssh://… or emulated:arm64, or --device-python")
+        return run_bench(Path(artifact), runs=runs, warmup=warmup, threads=threads, data=_path(data), reference=_path(reference))
+    from .devices.bench import bench_on_device
+
+    if runs < 1:
+        raise BadInput(f"--runs {runs} must be at least 1")
+    if warmup < 0:
+        raise BadInput(f"--warmup {warmup} must not be negative")
+    return bench_on_device(
+        Path(artifact), spec, runs=runs, warmup=warmup, threads=threads, data=_path(data), reference=_path(reference),
+        device_python=device_python, keep=keep,
+    )  # fmt: skip
 
 
 def inspect(

@@ -27,15 +27,20 @@ from .cli import _emit_json, cli
     metavar="PRED.json",
     help="The --json of an fp32 `bench --data` run: top-1 agreement and flipped images.",
 )
+@opt.device
 @opt.json_output()
-def bench(artifact, runs, warmup, threads, data, reference, json_out):
-    """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this device."""
+def bench(artifact, runs, warmup, threads, data, reference, device, device_python, keep, json_out):
+    """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this
+    machine or on --device (then also parity: the device's outputs against this host's)."""
     from . import api
     from .artifact import check_output_file
     from .benchmark import print_bench
 
     check_output_file(json_out, "--json")
-    result = api.bench(artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference)
+    result = api.bench(
+        artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference, device=device,
+        device_python=device_python, keep=keep,
+    )  # fmt: skip
     if json_out:
         _emit_json(result, json_out)
     if json_out != "-":

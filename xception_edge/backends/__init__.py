@@ -39,6 +39,9 @@ class BackendSpec:
     native_names: str = ""  # what those are, for error messages ("TFLite tensor names")
     scope_kinds: tuple[str, ...] = ()  # Keras layer classes it can keep in float (empty: any layer)
     device_requires: tuple[str, ...] = ()  # pip distributions its runtime needs on a device, besides numpy
+    # The versions of those measured to compute correctly on the emulated arm64 device (QEMU 10,
+    # cortex-a76), pinned there: {distribution: version}. Unpinned distributions take the newest.
+    emulated_versions: tuple[tuple[str, str], ...] = ()
     package: str = ""  # the import path of its package (filled by the registry)
 
     def missing(self, precision) -> tuple[str, str] | None:

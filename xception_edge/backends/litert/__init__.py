@@ -9,6 +9,7 @@ SPEC = BackendSpec(
     extra="device",
     tools=("tensorflow", "keras", "ai-edge-litert", "tflite-runtime"),
     device_requires=("ai-edge-litert",),
+    emulated_versions=(("ai-edge-litert", "2.3.0"),),
     colour="#1f77b4",
     native_bench=True,
     convert_requires=(("tensorflow", "convert"), ("keras", "convert")),

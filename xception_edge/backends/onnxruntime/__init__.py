@@ -23,6 +23,7 @@ SPEC = BackendSpec(
     extra="onnxruntime",
     tools=("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"),
     device_requires=("onnxruntime",),
+    emulated_versions=(("onnxruntime", "1.32.0"),),
     colour="#2ca02c",
     float_io_only=True,
     check_profile=check_profile,

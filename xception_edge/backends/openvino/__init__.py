@@ -17,6 +17,7 @@ SPEC = BackendSpec(
     extra="openvino",
     tools=("tensorflow", "keras", "openvino", "nncf"),
     device_requires=("openvino",),
+    emulated_versions=(("openvino", "2026.4.1"),),
     colour="#9467bd",
     native_bench=True,
     float_io_only=True,

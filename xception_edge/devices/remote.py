@@ -1,0 +1,142 @@
+"""Open a device for one backend's artifact and run the device-side runner there."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import console
+from ..errors import BadInput
+from ..records import Manifest
+from . import emulated, zipapp
+from .spec import DeviceSpec
+from .transport import Completed, DeviceFailed, LocalTransport, SshTransport, Transport, env_for_device
+
+DEFAULT_TIMEOUT = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """An opened device: how to reach it, its Python, and the facts the results record."""
+
+    spec: DeviceSpec
+    transport: Transport
+    python: str  # the interpreter, as the transport runs it
+    facts: dict  # the `device` record of the results
+
+
+def _local(spec: DeviceSpec, python: str | None, keep: bool) -> Device:
+    py = python or sys.executable
+    if shutil.which(py) is None:
+        raise BadInput(f"--device-python {py}: no such interpreter on this host")
+    transport = LocalTransport(env=env_for_device(), label="local", keep=keep)
+    return Device(spec, transport, py, {"spec": "local", "transport": "local", "emulated": False, "python": py})
+
+
+def _emulated(spec: DeviceSpec, backend: str, python: str | None, keep: bool, cache: Path | None) -> Device:
+    emulated.check_runtime(backend)
+    dev = emulated.ensure((backend,), cache=cache)
+    py = python or dev.python
+    host_py = dev.root / py.lstrip("/")
+    if not py.startswith("/") or not host_py.is_file():
+        raise BadInput(f"--device-python {py}: no such file in the emulated device ({dev.root}); give an absolute path there")
+    env = env_for_device({"PYTHONPATH": str(dev.site(backend))})
+    transport = LocalTransport(prefix=dev.command(spec.cpu), env=env, label=spec.label, keep=keep)
+    facts = {
+        "spec": spec.label,
+        "transport": "qemu-user",
+        "emulated": True,
+        "cpu_model": spec.cpu,
+        "python": py,
+        "qemu": dev.stamp.get("qemu"),
+        "sysroot": f"Debian {dev.stamp.get('debian')} arm64",
+    }
+    return Device(spec, transport, str(host_py), facts)
+
+
+def open_device(
+    spec: DeviceSpec, backend: str, *, python: str | None = None, keep: bool = False, cache: Path | None = None
+) -> Device:
+    """The device ``spec`` names, ready to run ``backend``'s artifacts (the emulated one is built
+    or completed first)."""
+    if spec.kind == "local":
+        return _local(spec, python, keep)
+    if spec.kind == "emulated":
+        return _emulated(spec, backend, python, keep, cache)
+    py = python or "python3"
+    transport = SshTransport(spec.host, user=spec.user, port=spec.port, label=spec.text, keep=keep)
+    return Device(spec, transport, py, {"spec": spec.text, "transport": "ssh", "emulated": False, "python": py})
+
+
+def _request(runs: int, warmup: int, threads: int | None) -> dict:
+    return {
+        "artifact": "artifact",
+        "inputs": "inputs.npy",
+        "outputs": "outputs.npy",
+        "result": "result.json",
+        "runs": runs,
+        "warmup": warmup,
+        "threads": threads,
+    }
+
+
+def run(
+    device: Device,
+    folder: Path,
+    manifest: Manifest,
+    inputs: np.ndarray,
+    *,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[dict, np.ndarray]:
+    """Push the artifact, the runner and ``inputs``; run; return (the runner's result, its outputs)."""
+    with tempfile.TemporaryDirectory(prefix="xe-device-") as tmp, device.transport as t:
+        here = Path(tmp)
+        zipapp.build(manifest.backend, here / "runner.pyz")
+        np.save(here / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
+        (here / "request.json").write_text(json.dumps(_request(runs, warmup, threads)), encoding="utf-8")
+        console.info(f"{device.facts['spec']}: copying {manifest.target} and the device-side runner")
+        t.put(folder, "artifact")
+        for name in ("runner.pyz", "inputs.npy", "request.json"):
+            t.put(here / name, name)
+        console.info(f"{device.facts['spec']}: running {warmup} warm-up + {runs} runs and {len(inputs)} predictions")
+        done = t.run([device.python, "runner.pyz", "request.json"], timeout=timeout)
+        result = _result(device, manifest, done, here / "result.json" if t.get("result.json", here / "result.json") else None)
+        if not t.get("outputs.npy", here / "outputs.npy"):
+            raise DeviceFailed(f"{device.facts['spec']}: the device-side runner wrote no outputs")
+        outputs = np.load(here / "outputs.npy", allow_pickle=False)
+    return result, outputs
+
+
+def _result(device: Device, manifest: Manifest, done: Completed, path: Path | None) -> dict:
+    label = device.facts["spec"]
+    py = device.facts["python"]
+    if "XE-ERROR python" in done.stdout:
+        version = done.stdout.split("XE-ERROR python", 1)[1].split()[0]
+        raise BadInput(f"{label}: its Python {py} is {version}; the device side needs Python >= 3.9: pass --device-python PATH")
+    if path is None:
+        how = f"signal {-done.exit}" if done.exit < 0 else f"exit {done.exit}"
+        last = [x.strip() for x in done.stderr.splitlines() if x.strip()][-1:] or ["no output"]
+        raise DeviceFailed(f"{label}: the device-side runner stopped ({how}) before writing a result: {last[0][:300]}")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    error = result.get("error")
+    if not error:
+        return result
+    if error.get("kind") == "missing":
+        from .. import backends
+
+        needs = " ".join([*backends.get(manifest.backend).device_requires, "numpy"])
+        raise BadInput(
+            f"{label}: {error['module']} is not installed for {py}; install it there with: {py} -m pip install {needs}"
+        )
+    if error.get("exit_code", 2) == 2:
+        raise BadInput(f"{label}: {error['message']}")
+    raise DeviceFailed(f"{label}: {error['message']}")
