@@ -253,3 +253,39 @@ def test_interrupted_device_build_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert sorted(p.name for p in devices.iterdir()) == [f".{emulated.NAME}.lock"], err
+
+
+# ------------------------------------------- what comes back from a device is checked first
+@pytest.mark.parametrize(
+    "written",
+    ["not json {", "[1, 2]", '{"latency": {}}', '{"error": "boom"}', '{"host": {"machine": "aarch64"}}'],
+)
+def test_a_malformed_device_result_is_one_line_device_failed(written, converted_all, tmp_path):
+    from xception_edge.artifact import read_manifest
+    from xception_edge.devices import remote
+    from xception_edge.devices.spec import parse as parse_spec
+    from xception_edge.devices.transport import Completed, DeviceFailed
+
+    device = remote.open_device(parse_spec("local"), "litert", python=None, keep=False, cache=None)
+    manifest = read_manifest(converted_all[0] / "litert-fp32")
+    path = tmp_path / "result.json"
+    path.write_text(written, encoding="utf-8")
+    with pytest.raises(DeviceFailed) as info:
+        remote._result(device, manifest, Completed("", "", 0), path)
+    assert "\n" not in str(info.value) and str(info.value).startswith("local: the device-side runner")
+
+
+@pytest.mark.parametrize(
+    "outputs", [np.zeros((2, 3)), np.zeros((4, 5)), np.full((4, 3), np.nan), np.array(["a"] * 12).reshape(4, 3)]
+)
+def test_device_outputs_of_the_wrong_shape_or_not_finite_are_refused(outputs, tmp_path):
+    from xception_edge.devices import remote
+    from xception_edge.devices.spec import parse as parse_spec
+    from xception_edge.devices.transport import DeviceFailed
+
+    device = remote.open_device(parse_spec("local"), "litert", python=None, keep=False, cache=None)
+    np.save(tmp_path / "outputs.npy", outputs, allow_pickle=False)
+    with pytest.raises(DeviceFailed, match=r"expected \(4, 3\) finite numbers"):
+        remote._outputs(device, tmp_path / "outputs.npy", 4, 3)
+    np.save(tmp_path / "good.npy", np.full((4, 3), 1 / 3, np.float32), allow_pickle=False)
+    assert remote._outputs(device, tmp_path / "good.npy", 4, 3).shape == (4, 3)

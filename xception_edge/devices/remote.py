@@ -112,8 +112,23 @@ def run(
         result = _result(device, manifest, done, here / "result.json" if t.get("result.json", here / "result.json") else None)
         if not t.get("outputs.npy", here / "outputs.npy"):
             raise DeviceFailed(f"{device.facts['spec']}: the device-side runner wrote no outputs")
-        outputs = np.load(here / "outputs.npy", allow_pickle=False)
+        outputs = _outputs(device, here / "outputs.npy", len(inputs), len(manifest.labels))
     return result, outputs
+
+
+def _outputs(device: Device, path: Path, images: int, classes: int) -> np.ndarray:
+    """The device's outputs, checked before any comparison: (images, classes), finite numbers."""
+    label = device.facts["spec"]
+    try:
+        outputs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DeviceFailed(f"{label}: the device-side runner wrote unreadable outputs: {str(exc)[:200]}") from None
+    if outputs.shape != (images, classes) or outputs.dtype.kind not in "fiu" or not np.isfinite(outputs).all():
+        raise DeviceFailed(
+            f"{label}: the device-side runner wrote outputs of shape {outputs.shape} ({outputs.dtype}), expected "
+            f"{(images, classes)} finite numbers; the device's runtime misbehaved"
+        )
+    return outputs
 
 
 def _result(device: Device, manifest: Manifest, done: Completed, path: Path | None) -> dict:
@@ -126,16 +141,29 @@ def _result(device: Device, manifest: Manifest, done: Completed, path: Path | No
         how = f"signal {-done.exit}" if done.exit < 0 else f"exit {done.exit}"
         last = [x.strip() for x in done.stderr.splitlines() if x.strip()][-1:] or ["no output"]
         raise DeviceFailed(f"{label}: the device-side runner stopped ({how}) before writing a result: {last[0][:300]}")
-    result = json.loads(path.read_text(encoding="utf-8"))
-    error = result.get("error")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeviceFailed(f"{label}: the device-side runner wrote an unreadable result: {str(exc)[:200]}") from None
+    error = (
+        result.get("error")
+        if isinstance(result, dict)
+        else {"message": "the device-side runner's result is not a JSON object", "exit_code": 1}
+    )
     if not error:
+        host, latency = result.get("host"), result.get("latency")
+        if not (isinstance(host, dict) and isinstance(host.get("machine"), str) and isinstance(latency, dict)):
+            raise DeviceFailed(f"{label}: the device-side runner's result lacks its host or latency record")
         return result
+    if not isinstance(error, dict) or not all(isinstance(error.get(k, ""), str) for k in ("kind", "module", "message")):
+        raise DeviceFailed(f"{label}: the device-side runner wrote a malformed error record")
+    error.setdefault("message", "no message")
     if error.get("kind") == "missing":
         from .. import backends
 
         needs = " ".join([*backends.get(manifest.backend).device_requires, "numpy"])
         raise BadInput(
-            f"{label}: {error['module']} is not installed for {py}; install it there with: {py} -m pip install {needs}"
+            f"{label}: {error.get('module', 'its runtime')} is not installed for {py}; install it there with: {py} -m pip install {needs}"
         )
     if error.get("exit_code", 2) == 2:
         raise BadInput(f"{label}: {error['message']}")
