@@ -158,3 +158,12 @@ def tiny_demo(tmp_path_factory):
     from xception_edge.demo import TINY, ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo-cache"), config=TINY)
+
+
+@pytest.fixture(scope="session")
+def emulated_arm64():
+    """The emulated arm64 device with LiteRT and ONNX Runtime (built once, kept in the toolkit's
+    cache: $XCEPTION_EDGE_CACHE or ~/.cache/xception-edge)."""
+    from xception_edge.devices import emulated
+
+    return emulated.ensure(("litert", "onnxruntime"))

@@ -121,12 +121,6 @@ def test_device_python_too_old_is_one_line_and_exit_2(converted_all, tmp_path):
 
 
 # ---------------------------------------------------------------- the emulated arm64 device
-@pytest.fixture(scope="session")
-def emulated_arm64():
-    """The emulated device with LiteRT and ONNX Runtime (built once, kept in the toolkit's cache)."""
-    return emulated.ensure(("litert", "onnxruntime"))
-
-
 def _check_emulated(data: dict, cpu: str, core: str, runtime: str, version: str) -> None:
     assert data["host"]["machine"] == "aarch64" and data["host"]["cpu_core"] == core
     assert data["device"]["emulated"] is True and data["latency_emulated"] is True
@@ -189,11 +183,13 @@ def test_parity_fails_against_a_different_artifact(converted_all, emulated_arm64
     """The device runs arm64-litert-int8; the host's outputs come from another artifact (the
     same model with its classes rolled): parity must fail, so it is not a check that always passes."""
     from xception_edge.devices.bench import bench_on_device
+    from xception_edge.devices.remote import Timing
 
     out, _, small = converted_all
     val = small[2]
     other = _classes_rolled(small, tmp_path)
-    data = bench_on_device(out / "arm64-litert-int8", "emulated:arm64", runs=1, warmup=0, data=val, parity_reference=other)
+    timing = Timing(runs=1, warmup=0, rounds=1)
+    data = bench_on_device(out / "arm64-litert-int8", "emulated:arm64", timing, data=val, parity_reference=other)
     p = data["parity"]
     assert p["passed"] is False and p["top1_agreement"] < 0.5 and p["max_step_diff"] > 10, p
     assert p["reference"]["target"] == "litert-fp32" and len(p["flipped"]) == round(30 * (1 - p["top1_agreement"]))
@@ -289,3 +285,53 @@ def test_device_outputs_of_the_wrong_shape_or_not_finite_are_refused(outputs, tm
         remote._outputs(device, tmp_path / "outputs.npy", 4, 3)
     np.save(tmp_path / "good.npy", np.full((4, 3), 1 / 3, np.float32), allow_pickle=False)
     assert remote._outputs(device, tmp_path / "good.npy", 4, 3).shape == (4, 3)
+
+
+def _runners_in(folder: Path) -> list[int]:
+    """The processes running the device-side runner with their working folder under ``folder``."""
+    found = subprocess.run(["pgrep", "-f", "runner.pyz"], capture_output=True, text=True).stdout.split()
+    pids = []
+    for pid in map(int, found):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(folder)):
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has stopped: a container's init may be slow to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_ctrl_c_during_an_emulated_run_stops_it_and_leaves_nothing(converted_all, emulated_arm64, tmp_path):
+    """SIGINT while the device runs: exit 130, the emulated process is gone, and so is the
+    device's temporary folder (under TMPDIR, here the test's folder)."""
+    import signal
+    import time
+
+    out, _, _ = converted_all
+    exe = Path(sys.executable).with_name("xception-edge")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    args = [str(exe), "bench", str(out / "arm64-litert-int8"), "--device", "emulated:arm64", "--runs", "1000000"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (pids := _runners_in(tmp_path)) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.2)
+    assert pids, "the device-side runner never started under TMPDIR"
+    time.sleep(1.0)  # inside the timing loop
+    running = [d for d in tmp_path.iterdir() if d.name.startswith("xe-device-")]
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and running, output
+    time.sleep(0.5)
+    left = [p for p in pids if _alive(p)]
+    assert not [d for d in running if d.exists()] and not left, subprocess.run(
+        ["ps", "-o", "pid,ppid,stat,cmd", *map(str, left)], capture_output=True, text=True
+    ).stdout
+    assert "Traceback" not in output

@@ -86,11 +86,18 @@ def evaluate(
     warmup: int = 5,
     decode_threads: int = 2,
     unsafe_model: bool = False,
+    device: str = "local",
+    device_python: str | None = None,
+    keep: bool = False,
+    rounds: int | None = None,
+    cooldown: float | None = None,
 ) -> Report:
     """Keras fp32 and every artifact of ``artifacts`` on the labelled images of ``data``; writes
     ``report/report.{json,md,html}`` and returns the report as a typed ``Report``: its
     ``reference`` and ``artifacts`` are ``ReportRow``s (``report.to_dict()`` is report.json's
-    content; schema: docs/report-schema.md)."""
+    content; schema: docs/report-schema.md). With ``device`` (as in ``bench``) every artifact
+    also runs there on the same images: ``report.devices`` holds those rows, each with its
+    device, latency and parity with this host's outputs."""
     from .evaluation import EvaluateRequest, run_evaluate
 
     req = EvaluateRequest(
@@ -103,8 +110,24 @@ def evaluate(
         warmup=warmup,
         decode_threads=decode_threads,
         unsafe_model=unsafe_model,
+        device=_device_run(device, device_python, keep, runs=runs, warmup=warmup, rounds=rounds, cooldown=cooldown),
     )
     return run_evaluate(req)
+
+
+def _device_run(device, python, keep, *, runs, warmup, rounds, cooldown):
+    """``evaluate``'s device, or None for this host alone."""
+    from .devices.spec import parse
+
+    spec = parse(device)
+    if spec.kind == "local" and python is None:
+        if keep or rounds is not None or cooldown is not None:
+            raise BadInput("--keep, --rounds and --cooldown are for a device run: add --device ssh://… or emulated:arm64")
+        return None
+    from .devices.evaluate import DeviceRun
+
+    timing = device_timing(spec, runs=runs, warmup=warmup, threads=None, rounds=rounds, cooldown=cooldown)
+    return DeviceRun(spec, timing, python=python, keep=keep)
 
 
 def bench(
@@ -118,11 +141,16 @@ def bench(
     device: str = "local",
     device_python: str | None = None,
     keep: bool = False,
+    rounds: int | None = None,
+    cooldown: float | None = None,
 ) -> dict:
     """Latency (and accuracy with ``data``) of one artifact folder with its own runtime, here or
     on ``device`` (``"ssh://[user@]host[:port]"``, ``"emulated:arm64[:CPU]"``; ``"local"`` with
     ``device_python`` runs it in that interpreter). A device run also measures parity: the device's
-    outputs against this host's on the same inputs (``result["parity"]``)."""
+    outputs against this host's on the same inputs (``result["parity"]``). The timed runs are dealt
+    into ``rounds`` rounds with ``cooldown`` seconds of rest before each (defaults: one round here,
+    3 on a device; a 2 s cooldown on an ssh device, none elsewhere); the latency record gives a 95%
+    confidence interval of p50 (``p50_ci_ms``)."""
     from .benchmark import run_bench
     from .devices.spec import parse
 
@@ -137,17 +165,27 @@ def bench(
     if spec.kind == "local" and device_python is None:
         if keep:
             raise BadInput("--keep keeps a device's temporary folder: add --device ssh://… or emulated:arm64, or --device-python")
-        return run_bench(Path(artifact), runs=runs, warmup=warmup, threads=threads, data=_path(data), reference=_path(reference))
+        return run_bench(
+            Path(artifact), runs=runs, warmup=warmup, threads=threads, data=_path(data), reference=_path(reference),
+            rounds=1 if rounds is None else rounds, cooldown=cooldown or 0.0,
+        )  # fmt: skip
     from .devices.bench import bench_on_device
 
-    if runs < 1:
-        raise BadInput(f"--runs {runs} must be at least 1")
-    if warmup < 0:
-        raise BadInput(f"--warmup {warmup} must not be negative")
+    timing = device_timing(spec, runs=runs, warmup=warmup, threads=threads, rounds=rounds, cooldown=cooldown)
     return bench_on_device(
-        Path(artifact), spec, runs=runs, warmup=warmup, threads=threads, data=_path(data), reference=_path(reference),
-        device_python=device_python, keep=keep,
-    )  # fmt: skip
+        Path(artifact), spec, timing, data=_path(data), reference=_path(reference), device_python=device_python, keep=keep
+    )
+
+
+def device_timing(spec, *, runs: int, warmup: int, threads: int | None, rounds: int | None, cooldown: float | None):
+    """The timing of a device run, with the defaults filled in: 3 rounds; 2 s of cooldown on an
+    ssh device (a real CPU that heats), none on a local or emulated one."""
+    from .devices.remote import Timing
+
+    rounds = max(min(3, runs), 1) if rounds is None else rounds
+    if cooldown is None:
+        cooldown = 2.0 if spec.kind == "ssh" else 0.0
+    return Timing(runs=runs, warmup=warmup, rounds=rounds, cooldown=cooldown, threads=threads).check()
 
 
 def inspect(

@@ -57,6 +57,8 @@ def run_bench(
     threads: int | None = None,
     data: Path | None = None,
     reference: Path | None = None,
+    rounds: int = 1,
+    cooldown: float = 0.0,
 ) -> dict:
     if runs < 1:
         raise BadInput(f"--runs {runs} must be at least 1")
@@ -81,7 +83,9 @@ def run_bench(
         x = load_image(files[0], spec)[None]
     else:  # latency only: a fixed pseudo-image in the model's input range
         x = np.random.default_rng(0).uniform(-1, 1, (1, spec.height, spec.width, 3)).astype(np.float32)
-    stats = measure_latency(rt, x, runs=runs, warmup=warmup, load_ms=load_ms, what=manifest.target)
+    stats = measure_latency(
+        rt, x, runs=runs, warmup=warmup, load_ms=load_ms, what=manifest.target, rounds=rounds, cooldown_s=cooldown
+    )
 
     result = {
         "schema": SCHEMA,
@@ -111,11 +115,14 @@ def artifact_record(folder: Path, manifest: Manifest) -> dict:
     }
 
 
-def measure_latency(rt, x: np.ndarray, *, runs: int, warmup: int, load_ms: float, what: str):
+def measure_latency(
+    rt, x: np.ndarray, *, runs: int, warmup: int, load_ms: float, what: str, rounds: int = 1, cooldown_s: float = 0.0
+):
     """LatencyStats of rt.invoke on one preprocessed float image x (1, H, W, 3), in the artifact's
     input dtype and batch: the one latency measurement of `bench` and `evaluate`."""
-    with console.progress(f"Timing {what}: {warmup} warm-up + {runs} runs", total=None):
-        return measure(rt, x, runs=runs, warmup=warmup, load_ms=load_ms)
+    how = f"{rounds} rounds, " if rounds > 1 else ""
+    with console.progress(f"Timing {what}: {how}{warmup} warm-up + {runs} runs", total=None):
+        return measure(rt, x, runs=runs, warmup=warmup, load_ms=load_ms, rounds=rounds, cooldown_s=cooldown_s)
 
 
 def _accuracy(rt, files, targets, root: Path, spec, labels, ref_preds) -> dict:
@@ -182,6 +189,22 @@ def device_lines(result: dict) -> list[str]:
     return lines
 
 
+def ci_text(lat: dict) -> str:
+    """``[lo–hi]``: the 95% confidence interval of p50 (empty when too few runs give one)."""
+    ci = lat.get("p50_ci_ms")
+    return f"[{ci[0]:.2f}–{ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 else ""
+
+
+def timing_text(lat: dict) -> str:
+    """How the latency was measured: runs, warm-up, threads, and rounds with their p50s."""
+    text = f"{lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} thread(s)"
+    rounds = lat.get("round_p50_ms") or []
+    if len(rounds) > 1:
+        rest = f", {lat['cooldown_s']:g} s cooldown before each" if lat.get("cooldown_s") else ""
+        text += f", in {len(rounds)} rounds (p50 per round: {', '.join(f'{r:.2f}' for r in rounds)} ms{rest})"
+    return text
+
+
 def print_bench(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -189,10 +212,10 @@ def print_bench(result: dict) -> None:
     lat = result["latency"]
     a = result["artifact"]
     t = Table(title=f"{a['target']} ({a['backend']} {a['precision']}, {a['size_bytes'] / 1e6:.2f} MB)")
-    for col in ("p50", "p90", "p99", "mean ± std", "min", "max", "load", "first", "peak RSS"):
+    for col in ("p50 [95% CI]", "p90", "p99", "mean ± std", "min", "max", "load", "first", "peak RSS"):
         t.add_column(col, justify="right")
     t.add_row(
-        f"{lat['p50_ms']:.2f} ms",
+        f"{lat['p50_ms']:.2f} ms {ci_text(lat)}",
         f"{lat['p90_ms']:.2f}",
         f"{lat['p99_ms']:.2f}",
         f"{lat['mean_ms']:.2f} ± {lat['std_ms']:.2f}",
@@ -204,10 +227,7 @@ def print_bench(result: dict) -> None:
     )
     con = Console(width=None if Console().is_terminal else 160)
     con.print(t)
-    con.print(
-        f"{lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} thread(s), on {result['host']['cpu']}",
-        highlight=False,
-    )
+    con.print(f"{timing_text(lat)}, on {result['host']['cpu']}", highlight=False)
     for line in device_lines(result):
         con.print(line, highlight=False)
     if "accuracy" in result:

@@ -29,7 +29,7 @@ from .cli import _emit_json, cli
 )
 @opt.device
 @opt.json_output()
-def bench(artifact, runs, warmup, threads, data, reference, device, device_python, keep, json_out):
+def bench(artifact, runs, warmup, threads, data, reference, device, device_python, keep, rounds, cooldown, json_out):
     """Measure one artifact's latency (and accuracy with --data) with its own runtime, on this
     machine or on --device (then also parity: the device's outputs against this host's)."""
     from . import api
@@ -39,7 +39,7 @@ def bench(artifact, runs, warmup, threads, data, reference, device, device_pytho
     check_output_file(json_out, "--json")
     result = api.bench(
         artifact, runs=runs, warmup=warmup, threads=threads, data=data, reference=reference, device=device,
-        device_python=device_python, keep=keep,
+        device_python=device_python, keep=keep, rounds=rounds, cooldown=cooldown,
     )  # fmt: skip
     if json_out:
         _emit_json(result, json_out)
@@ -74,10 +74,16 @@ def bench(artifact, runs, warmup, threads, data, reference, device, device_pytho
     help="Background threads decoding images while the models run (0: decode first, then infer).",
 )
 @opt.unsafe_model()
+@opt.device
 @opt.json_output()
-def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, json_out):
+def evaluate(
+    model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, device, device_python, keep, rounds,
+    cooldown, json_out,
+):  # fmt: skip
     """Compare the Keras fp32 model and every artifact on the same labelled images: top-1/top-5,
-    drop vs fp32, agreement, flips per class, latency, size; writes OUT/report.{json,md,html}."""
+    drop vs fp32, agreement, flips per class, latency, size; writes OUT/report.{json,md,html}.
+    With --device, every artifact also runs there: its rows sit next to this host's, with
+    parity (the device's outputs against this host's on the same images)."""
     from . import api
     from .artifact import check_output_file
     from .report import print_report
@@ -93,6 +99,11 @@ def evaluate(model, artifacts, data, report, resume, runs, warmup, decode_thread
         warmup=warmup,
         decode_threads=decode_threads,
         unsafe_model=unsafe_model,
+        device=device,
+        device_python=device_python,
+        keep=keep,
+        rounds=rounds,
+        cooldown=cooldown,
     )
     if json_out:
         _emit_json(result.to_dict(), json_out)

@@ -124,4 +124,18 @@ device = options(
         "With --device local it runs the artifact in that interpreter.",
     ),
     click.option("--keep", is_flag=True, help="Keep the device's temporary folder (its path is printed)."),
+    click.option(
+        "--rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Deal the timed runs into N rounds, each after its own warm-up (default: 1 here, 3 on a device).",
+    ),
+    click.option(
+        "--cooldown",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="Rest before each round, so one artifact's heat does not slow the next (default: 2 on an ssh device, else 0).",
+    ),
 )

@@ -56,6 +56,7 @@ class EvaluateRequest:
     warmup: int = 5
     decode_threads: int = 2  # 0: decode in the main thread, before inference (no overlap)
     unsafe_model: bool = False
+    device: object | None = None  # devices.evaluate.DeviceRun: run every artifact there too
 
 
 # ------------------------------------------------------------------ results cache (--resume)
@@ -129,6 +130,7 @@ class _Run:
     store: ResultStore
     keras_key: str | None  # None: --model has no hash before it is built (keras:xception), never reused
     art_keys: dict[str, str]
+    device: object | None  # devices.evaluate.DeviceRun
 
     @property
     def settings(self) -> dict:
@@ -171,8 +173,9 @@ def _run_evaluate(req: EvaluateRequest) -> Report:
     t_start = time.perf_counter()
     run = _open_run(req, tuple(arts), spec, labels, data)
     keras, reference, artifacts, timing = _results(run)
+    devices = timing.pop("device_rows")
     timing["total_seconds"] = time.perf_counter() - t_start
-    report = _assemble(run, keras, reference, artifacts, timing)
+    report = dataclasses.replace(_assemble(run, keras, reference, artifacts, timing), devices=tuple(devices))
     files = write_report(report, Path(req.report))
     run.store.prune()
     return dataclasses.replace(report, files={k: str(v) for k, v in files.items()})
@@ -189,13 +192,16 @@ def _open_run(req: EvaluateRequest, arts: tuple[Artifact, ...], spec: Preprocess
         if model_sha
         else None
     )
+    if req.device is not None:  # a device row is part of the artifact's result: its settings key both
+        settings = {**settings, "on_device": req.device.settings}
     art_keys = {a.name: _key(kind="artifact", manifest=a.manifest_sha256, data=data_sha, host=here, **settings) for a in arts}
     store = ResultStore(Path(req.report) / RESULTS, resume=req.resume, labels=labels)
-    return _Run(req, arts, spec, labels, data, data_sha, here, store, keras_key, art_keys)
+    return _Run(req, arts, spec, labels, data, data_sha, here, store, keras_key, art_keys, req.device)
 
 
 def _results(run: _Run) -> tuple[dict, ReportRow, list[ReportRow], dict]:
-    """The Keras result, its row, every artifact's row (reused or computed), and the timing."""
+    """The Keras result, its row, every artifact's row (reused or computed; with ``device`` rows
+    in the timing's ``device_rows``), and the timing."""
     keras_cached = run.store.load(KERAS, run.keras_key, keras=True) if run.keras_key else None
     cached = {a.name: run.store.load(a.name, run.art_keys[a.name]) for a in run.arts}
     reused = [n for n, c in cached.items() if c] + ([KERAS] if keras_cached else [])
@@ -214,10 +220,19 @@ def _results(run: _Run) -> tuple[dict, ReportRow, list[ReportRow], dict]:
             )
         raise
     rows |= {name: dataclasses.replace(c["row"], reused=True) for name, c in cached.items() if c}
+    device_rows = timing.pop("device_rows", {})
+    device_rows |= {
+        name: dataclasses.replace(c["device_row"], reused=True) for name, c in cached.items() if c and c.get("device_row")
+    }
     reference = dataclasses.replace(keras["row"], reused=keras is keras_cached)
     src_sha = keras["model_sha256"]
     artifacts = [dataclasses.replace(rows[a.name], same_source_model=same_source_model(a, src_sha)) for a in run.arts]
-    return keras, reference, artifacts, timing
+    devices = [
+        dataclasses.replace(device_rows[a.name], same_source_model=same_source_model(a, src_sha))
+        for a in run.arts
+        if a.name in device_rows
+    ]
+    return keras, reference, artifacts, {**timing, "device_rows": devices}
 
 
 def _assemble(run: _Run, keras: dict, reference: ReportRow, artifacts: list[ReportRow], timing: dict) -> Report:
@@ -259,11 +274,14 @@ def _compute(run: _Run, todo: list[Artifact], keras_cached: dict | None) -> tupl
         shared = _shared(run, feed, keras)
         rows = {}
         timing["artifact_seconds"] = {}
+        timing["device_rows"] = {}
         for a in todo:
-            row = _artifact_row(run, a, shared)
-            run.store.save(a.name, run.art_keys[a.name], {"row": row})
+            row, on_device = _artifact_row(run, a, shared)
+            run.store.save(a.name, run.art_keys[a.name], {"row": row, "device_row": on_device})
             rows[a.name] = dataclasses.replace(row, reused=False)
             timing["artifact_seconds"][a.name] = row.seconds
+            if on_device is not None:
+                timing["device_rows"][a.name] = on_device
     return keras, rows, timing
 
 
@@ -276,8 +294,9 @@ def _shared(run: _Run, feed, keras: dict) -> _Shared:
     return _Shared(feed, keras["row"], keras["predictions"], label_of, sorted(feed.failed), feed.x[ok[0]][None])
 
 
-def _artifact_row(run: _Run, a: Artifact, shared: _Shared) -> ReportRow:
-    """Open one artifact, predict every image, score it against Keras and time it."""
+def _artifact_row(run: _Run, a: Artifact, shared: _Shared) -> tuple[ReportRow, ReportRow | None]:
+    """Open one artifact, predict every image, score it against Keras and time it; then the same
+    on the device, if the run has one: (the host's row, the device's row or None)."""
     from .runtime import open_artifact
 
     t1 = time.perf_counter()
@@ -303,6 +322,17 @@ def _artifact_row(run: _Run, a: Artifact, shared: _Shared) -> ReportRow:
         float_mac_share=budget.float_mac_share if budget else None,
         max_drop_pp=budget.max_drop_pp if budget else None,
     )
+    base = row
     row = _compare(row, acc, preds, shared.reference, shared.predictions, shared.label_of)
     warning = "; ".join(filter(None, [cpu_mismatch(m), rt.note])) or None
-    return dataclasses.replace(row, latency=stats.to_dict(), cpu_warning=warning, seconds=time.perf_counter() - t1)
+    row = dataclasses.replace(row, latency=stats.to_dict(), cpu_warning=warning, seconds=time.perf_counter() - t1)
+    if run.device is None:
+        return row, None
+    from .devices.evaluate import device_row
+
+    def score(outputs: np.ndarray) -> ReportRow:
+        acc, preds = _score(outputs, idx, run.data, run.labels, shared.failed_idx)
+        return _compare(base, acc, preds, shared.reference, shared.predictions, shared.label_of)
+
+    inputs = shared.feed.x[idx]
+    return row, device_row(run.device, a.folder, m, row, inputs, probs, score)

@@ -17,7 +17,8 @@ from .profiles import GateSpec
 from .records import Report, ReportRow, is_finite_number
 
 _FIELDS = [f.name for f in dataclasses.fields(GateSpec)]
-_UNIT = ("min_top1_ratio", "min_agreement")  # fractions: limits within 0..1
+_UNIT = ("min_top1_ratio", "min_agreement", "min_device_agreement")  # fractions: limits within 0..1
+DEVICE_AGREEMENT = 0.99  # min_device_agreement when no profile or gates file sets it
 UNGATED = "ungated"  # gates-file key: `[NAME] ungated = true` says no limit applies to those artifacts
 
 
@@ -140,12 +141,17 @@ def _num(v) -> float | None:
 
 
 def evaluate_gates(report: Report, overrides: dict[str, dict] | None = None) -> list[GateResult]:
-    """Every row of `artifacts`, by folder name. A gates-file table keyed by a row's name is used
-    instead of one keyed by its target; either is laid over the profile's gates."""
+    """Every row of `artifacts`, by folder name, and every row of `devices` (`evaluate --device`),
+    as NAME@DEVICE. A gates-file table keyed by a row's name is used instead of one keyed by its
+    target (a device row: its own name, then its artifact's, then its target); either is laid over
+    the profile's gates."""
     overrides = overrides or {}
     rows = list(report.artifacts)
     names = row_names(rows)
-    known = set(names) | {row.target for row in rows}
+    by_path = {row.path: name for name, row in zip(names, rows) if row.path}
+    on_device = [by_path.get(row.path) or row.name or f"devices[{i}]" for i, row in enumerate(report.devices)]
+    device_names = [f"{n}@{row.device_label or 'device'}" for n, row in zip(on_device, report.devices)]
+    known = set(names) | {row.target for row in rows} | set(device_names)
     missing = "missing from the report (no artifact has this target or folder name)"
     results = [GateResult(key, "present", None, None, False, missing) for key in sorted(set(overrides) - known)]
     ref_top1 = report.reference.top1
@@ -153,6 +159,10 @@ def evaluate_gates(report: Report, overrides: dict[str, dict] | None = None) -> 
     for name, row in zip(names, rows):
         target = row.target
         table = overrides.get(name, overrides.get(target, {}) if target is not None else {})
+        results += _gate_row(GateResult(name, "", None, None, False, "", target), row, ref_top1, table, host_cpu)
+    for name, artifact, row in zip(device_names, on_device, report.devices):
+        target = row.target
+        table = overrides.get(name, overrides.get(artifact, overrides.get(target, {}) if target else {}))
         results += _gate_row(GateResult(name, "", None, None, False, "", target), row, ref_top1, table, host_cpu)
     if not results:
         results.append(GateResult("(report)", "artifacts", 0, None, False, "the report has no gated artifacts"))
@@ -225,6 +235,9 @@ def _limits(base: GateResult, row: ReportRow, gates: dict, host_cpu: str) -> lis
         "max_size_mb": (None if size is None else size / 1e6, lambda v, l: v <= l),
         "max_p50_latency_ms": (_num(row.p50_ms), lambda v, l: v <= l),
     }
+    if row.device is not None:  # a device row: parity with this host's outputs, 0.99 unless set
+        gates = {**gates, "min_device_agreement": gates.get("min_device_agreement", DEVICE_AGREEMENT)}
+        checks["min_device_agreement"] = (_num((row.parity or {}).get("top1_agreement")), lambda v, l: v >= l)
     out = []
     for gate, (value, ok) in checks.items():
         limit = gates.get(gate)
@@ -232,19 +245,36 @@ def _limits(base: GateResult, row: ReportRow, gates: dict, host_cpu: str) -> lis
             continue
         r = dataclasses.replace(base, gate=gate, value=value, limit=float(limit))
         if gate == "max_p50_latency_ms":
-            want = gates.get("latency_host")
-            if not want or want.lower() not in host_cpu.lower():
-                out.append(
-                    dataclasses.replace(
-                        r, passed=True, note=(f"skipped: report made on '{host_cpu}', gate is for '{want or 'no host named'}'")
-                    )
-                )
+            skipped = _latency_skipped(r, row, gates.get("latency_host"), host_cpu)
+            if skipped is not None:
+                out.append(skipped)
                 continue
         if value is None:
             out.append(dataclasses.replace(r, note="value missing, not a number, or NaN/inf in the report"))
         else:
             out.append(dataclasses.replace(r, passed=bool(ok(value, float(limit)))))
     return out
+
+
+def _latency_skipped(r: GateResult, row: ReportRow, want, host_cpu: str) -> GateResult | None:
+    """The latency gate's result when it does not apply to ``row`` (None: it does). A host row is
+    gated when ``latency_host`` is in the report's host CPU; a device row when it is in the
+    device's spec, CPU or core, and never on an emulated device."""
+    if row.device is None:
+        if want and want.lower() in host_cpu.lower():
+            return None
+        return dataclasses.replace(
+            r, passed=True, note=f"skipped: report made on '{host_cpu}', gate is for '{want or 'no host named'}'"
+        )
+    if row.latency_emulated is not False:
+        return dataclasses.replace(r, passed=True, note=f"skipped: latency on {row.device_label} is emulated (QEMU), never gated")
+    host = row.device_host or {}
+    names = [row.device_label or "", str(host.get("cpu", "")), str(host.get("cpu_core", "")), str(host.get("board", ""))]
+    if want and any(want.lower() in n.lower() for n in names if n):
+        return None
+    return dataclasses.replace(
+        r, passed=True, note=f"skipped: measured on {row.device_label}, gate is for '{want or 'no host named'}'"
+    )
 
 
 _XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

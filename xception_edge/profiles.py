@@ -57,7 +57,8 @@ class GateSpec:
     min_agreement: float | None = None
     max_size_mb: float | None = None
     max_p50_latency_ms: float | None = None
-    latency_host: str | None = None
+    latency_host: str | None = None  # the host or device (its --device spec, CPU or core) latency is gated on
+    min_device_agreement: float | None = None  # a device row's top-1 agreement with this host's (unset: 0.99)
 
 
 @dataclasses.dataclass(frozen=True)

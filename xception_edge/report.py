@@ -117,6 +117,9 @@ def markdown(report: Report) -> str:
     ]
     for n in notes(report):
         lines.append(f"- {n}")
+    from . import report_devices
+
+    lines += report_devices.markdown(report)
     lines += ["", "## Per-class top-1 (Δ vs Keras fp32, percentage points)", ""]
     classes = list(report.reference.per_class)
     names = [r.name for r in report.artifacts]
@@ -172,6 +175,15 @@ def print_report(report: Report) -> None:
         t.add_row(*summary_cells(r))
     con = Console()
     con.print(t)
+    if report.devices:
+        from . import report_devices
+
+        dt = Table(title="On the device")
+        for i, col in enumerate(report_devices.COLUMNS):
+            dt.add_column(col, justify="left" if i < 3 else "right")
+        for cells in report_devices.table(report):
+            dt.add_row(*cells)
+        con.print(dt)
     for n in notes(report):
         con.print(f"  • {n}", highlight=False)
     if d["undecodable"]:

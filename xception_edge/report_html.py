@@ -216,6 +216,14 @@ def _table(header: list[str], body: list[list[str]], *, ref_first: bool = False,
 def html(report: Report) -> str:
     figs = plots(report)
     parts = _summary_section(report)
+    if report.devices:
+        from . import report_devices
+
+        parts += [
+            "<h2>On the device</h2>",
+            _table(report_devices.COLUMNS, report_devices.table(report), numeric_from=3),
+            f"<p class='note'>{_e(report_devices.note(report).replace('*', ''))}</p>",
+        ]
     parts += [
         "<h2>Accuracy vs latency</h2>",
         f"<img alt='top-1 vs p50 latency' src='{figs['tradeoff']}'>",

@@ -40,7 +40,12 @@ def read_result(data, path: Path, name: str, labels: list[str] | None, *, keras:
         raise _unusable(path, "it must be a JSON object")
     row = read_row(data.get("row"), path, name, labels, keras=keras)
     if not keras:
-        return {**data, "row": row}
+        if "device_row" not in data:
+            return {**data, "row": row}
+        device = read_row(data["device_row"], path, name, labels, keras=False)  # `evaluate --device`
+        if not (isinstance(device.device, dict) and isinstance(device.parity, dict)):
+            raise _unusable(path, "its device_row has no device or parity record")
+        return {**data, "row": row, "device_row": device}
     problem = field_problem(data, _KERAS, "result") or field_problem(data["data"], _DATA, "data")
     problem = problem or each_problem(data["data"]["undecodable"], _UNDECODABLE, "data.undecodable")
     if not problem and not set(data["model"]) <= {"kind", "input", "num_classes"}:
@@ -93,6 +98,10 @@ class ResultStore:
         """``data``: ``{"row": ReportRow, ...}`` (for Keras also its predictions, model and data)."""
         path = self._path(name, key)
         data = {**data, "row": data["row"].to_dict()}
+        if data.get("device_row") is not None:
+            data["device_row"] = data["device_row"].to_dict()
+        else:
+            data.pop("device_row", None)
         atomic_write_text(path, json.dumps({"key": key, **data}, indent=1) + "\n")
         self.used.add(path)
 

@@ -63,10 +63,8 @@ def _host_outputs(folder: Path, inputs: np.ndarray) -> tuple[np.ndarray, dict]:
 def bench_on_device(
     folder: Path,
     device: str | DeviceSpec,
+    timing: remote.Timing | None = None,
     *,
-    runs: int = 50,
-    warmup: int = 5,
-    threads: int | None = None,
     data: Path | None = None,
     reference: Path | None = None,
     device_python: str | None = None,
@@ -77,6 +75,7 @@ def bench_on_device(
     """Bench ``folder`` on ``device`` and compare its outputs with the host's outputs of
     ``parity_reference`` (default: the same artifact) on the same inputs."""
     spec = device if isinstance(device, DeviceSpec) else parse(device)
+    timing = (timing or remote.Timing()).check()
     manifest = read_manifest(folder)
     ref_preds = read_reference(reference) if reference is not None else None
     pre = manifest.preprocessing
@@ -86,7 +85,7 @@ def bench_on_device(
     else:
         inputs, what = parity.pseudo_images(pre.height, pre.width), f"{parity.DEFAULT_IMAGES} pseudo-random images (seed 0)"
     opened = remote.open_device(spec, manifest.backend, python=device_python, keep=keep, cache=cache)
-    found, outputs = remote.run(opened, Path(folder), manifest, inputs, runs=runs, warmup=warmup, threads=threads)
+    found, outputs = remote.run(opened, Path(folder), manifest, inputs, timing)
     host_out, host_ref = _host_outputs(Path(parity_reference or folder), inputs)
     dev_host = found["host"]
     warning = cpu_mismatch(manifest, machine=dev_host["machine"], flags=dev_host.get("int8_flags", []))

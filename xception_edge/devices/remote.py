@@ -74,15 +74,44 @@ def open_device(
     return Device(spec, transport, py, {"spec": spec.text, "transport": "ssh", "emulated": False, "python": py})
 
 
-def _request(runs: int, warmup: int, threads: int | None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How the device times an artifact: ``runs`` timed runs after ``warmup`` untimed ones, dealt
+    into ``rounds`` rounds with ``cooldown`` seconds of rest before each (the first: after the
+    previous artifact)."""
+
+    runs: int = 50
+    warmup: int = 5
+    rounds: int = 3
+    cooldown: float = 0.0
+    threads: int | None = None
+
+    def check(self) -> Timing:
+        from ..latency import split_runs
+
+        if self.runs < 1:
+            raise BadInput(f"--runs {self.runs} must be at least 1")
+        if self.warmup < 0:
+            raise BadInput(f"--warmup {self.warmup} must not be negative")
+        if self.cooldown < 0 or self.cooldown != self.cooldown or self.cooldown > 3600:
+            raise BadInput(f"--cooldown {self.cooldown} must be between 0 and 3600 seconds")
+        if self.threads is not None and self.threads < 1:
+            raise BadInput(f"--threads {self.threads} must be at least 1")
+        split_runs(self.runs, self.rounds)
+        return self
+
+
+def _request(timing: Timing) -> dict:
     return {
         "artifact": "artifact",
         "inputs": "inputs.npy",
         "outputs": "outputs.npy",
         "result": "result.json",
-        "runs": runs,
-        "warmup": warmup,
-        "threads": threads,
+        "runs": timing.runs,
+        "warmup": timing.warmup,
+        "rounds": timing.rounds,
+        "cooldown": timing.cooldown,
+        "threads": timing.threads,
     }
 
 
@@ -91,10 +120,8 @@ def run(
     folder: Path,
     manifest: Manifest,
     inputs: np.ndarray,
+    timing: Timing,
     *,
-    runs: int,
-    warmup: int,
-    threads: int | None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[dict, np.ndarray]:
     """Push the artifact, the runner and ``inputs``; run; return (the runner's result, its outputs)."""
@@ -102,12 +129,15 @@ def run(
         here = Path(tmp)
         zipapp.build(manifest.backend, here / "runner.pyz")
         np.save(here / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
-        (here / "request.json").write_text(json.dumps(_request(runs, warmup, threads)), encoding="utf-8")
+        (here / "request.json").write_text(json.dumps(_request(timing)), encoding="utf-8")
         console.info(f"{device.facts['spec']}: copying {manifest.target} and the device-side runner")
         t.put(folder, "artifact")
         for name in ("runner.pyz", "inputs.npy", "request.json"):
             t.put(here / name, name)
-        console.info(f"{device.facts['spec']}: running {warmup} warm-up + {runs} runs and {len(inputs)} predictions")
+        console.info(
+            f"{device.facts['spec']}: {manifest.target}: {timing.rounds} round(s) of {timing.warmup} warm-up + "
+            f"{timing.runs} timed runs in all, then {len(inputs)} predictions"
+        )
         done = t.run([device.python, "runner.pyz", "request.json"], timeout=timeout)
         result = _result(device, manifest, done, here / "result.json" if t.get("result.json", here / "result.json") else None)
         if not t.get("outputs.npy", here / "outputs.npy"):

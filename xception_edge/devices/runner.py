@@ -105,7 +105,15 @@ def _bench(request: dict) -> dict:
     t0 = time.perf_counter()
     rt = runtime_class(folder, manifest, threads=request.get("threads"))
     load_ms = (time.perf_counter() - t0) * 1000
-    stats = measure(rt, inputs[:1], runs=int(request["runs"]), warmup=int(request["warmup"]), load_ms=load_ms)
+    stats = measure(
+        rt,
+        inputs[:1],
+        runs=int(request["runs"]),
+        warmup=int(request["warmup"]),
+        load_ms=load_ms,
+        rounds=int(request.get("rounds", 1)),
+        cooldown_s=float(request.get("cooldown", 0.0)),
+    )
     np.save(request["outputs"], rt.predict(inputs), allow_pickle=False)
     return {
         "latency": stats.to_dict(),

@@ -22,7 +22,8 @@ _ROW = {
     "float_mac_share": "num~", "max_drop_pp": "num~", "images": "int", "top1": "num", "top5": "num", "drop_pp": "num",
     "top5_drop_pp": "num", "ratio": "num?", "meets_mlperf_99": "bool?", "agreement": "num", "flipped": "int",
     "flips_per_class": "dict", "per_class": "dict", "latency": "dict", "cpu_warning": "str?", "seconds": "num~",
-    "reused": "bool~", "same_source_model": "bool~",
+    "reused": "bool~", "same_source_model": "bool~", "device": "dict~", "device_host": "dict~", "parity": "dict~",
+    "latency_emulated": "bool~",
 }  # fmt: skip
 _ARTIFACT_ROW = {"path": "str", "target": "str"}
 _LATENCY = {"p50_ms": "num", "p90_ms": "num", "samples_ms": "list"}
@@ -134,12 +135,24 @@ class ReportRow:
     seconds: float | None = None  # artifacts only
     reused: bool | None = None
     same_source_model: bool | None = None  # artifacts only
+    # A row measured on a device (`evaluate --device`): the device, its host info, parity with this
+    # host's outputs of the same artifact, and whether its latency is emulated (never gated).
+    device: dict | None = None
+    device_host: dict | None = None
+    parity: dict | None = None
+    latency_emulated: bool | None = None
     extra: dict = extra_field()
     _keys: tuple[str, ...] = keys_field()
 
     @property
     def p50_ms(self):
         return (self.latency or {}).get("p50_ms")
+
+    @property
+    def device_label(self) -> str | None:
+        """The device a device row was measured on (its ``--device`` spec), else None."""
+        spec = (self.device or {}).get("spec")
+        return spec if isinstance(spec, str) else None
 
     def to_dict(self) -> dict:
         values = {k: getattr(self, k) for k in _ROW}
@@ -193,6 +206,7 @@ class Report:
     data: dict = dataclasses.field(default_factory=dict)
     timing: dict = dataclasses.field(default_factory=dict)
     files: dict = dataclasses.field(default_factory=dict)  # json, markdown, html
+    devices: tuple[ReportRow, ...] = ()  # `evaluate --device`: each artifact's row on the device
     extra: dict = extra_field()
     _keys: tuple[str, ...] = keys_field()
 
@@ -205,6 +219,8 @@ class Report:
         values = {"schema": REPORT_SCHEMA, "schema_version": REPORT_VERSION}
         values |= {k: getattr(self, k) for k in _HEADER}
         values |= {"reference": self.reference.to_dict(), "artifacts": [r.to_dict() for r in self.artifacts]}
+        if self.devices:  # only a device run has the key
+            values["devices"] = [r.to_dict() for r in self.devices]
         values |= {"timing": self.timing, "files": self.files}
         return emit(self, values)
 
@@ -225,9 +241,13 @@ class Report:
         where = f"report {path}"
         reference = ReportRow.from_dict(d["reference"], where, "reference", strict=False, artifact=False)
         artifacts = tuple(ReportRow.from_dict(r, where, f"artifacts[{i}]", strict=False) for i, r in enumerate(rows))
-        extra, keys = split(d, ("schema", "schema_version", *_HEADER, "reference", "artifacts", "timing", "files"))
+        devices = d.get("devices", [])
+        if not isinstance(devices, list):
+            raise _bad(path, "'devices' must be a list of device rows", devices)
+        devices = tuple(ReportRow.from_dict(r, where, f"devices[{i}]", strict=False) for i, r in enumerate(devices))
+        extra, keys = split(d, ("schema", "schema_version", *_HEADER, "reference", "artifacts", "devices", "timing", "files"))
         given = {k: d[k] for k in (*_HEADER, "timing", "files") if k in d}
-        return cls(reference, artifacts, **given, extra=extra, _keys=keys)
+        return cls(reference, artifacts, **given, devices=devices, extra=extra, _keys=keys)
 
 
 def _bad(path, what: str, got) -> RecordError:
