@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast bench venv clean system-deps
 
 venv: $(STAMP)
 
@@ -21,13 +21,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/xception-edge demo
 
-test: $(STAMP)
+# OpenSSH for the ssh device tests: installed when missing and we are root (else they skip).
+system-deps:
+	@sh .ci/system-deps
+
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # The suite without the tests marked slow (fresh venv installs, the wheel build, the demo).
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 

@@ -335,3 +335,24 @@ def test_ctrl_c_during_an_emulated_run_stops_it_and_leaves_nothing(converted_all
         ["ps", "-o", "pid,ppid,stat,cmd", *map(str, left)], capture_output=True, text=True
     ).stdout
     assert "Traceback" not in output
+
+
+def test_full_temporary_disk_is_one_line_and_exit_2(converted_all, tmp_path):
+    """TMPDIR on a 64 KiB tmpfs (mounted in a private mount namespace: root, or `unshare -r -m`
+    for anyone where user namespaces are allowed): exit 2, one line saying the disk is full, and
+    nothing left there."""
+    out, _, _ = converted_all
+    small = tmp_path / "small"
+    small.mkdir()
+    exe = Path(sys.executable).with_name("xception-edge")
+    inner = (
+        f"mount -t tmpfs -o size=64k tmpfs {small} && TMPDIR={small} {exe} bench {out / 'arm64-litert-int8'} "
+        f"--device local --device-python {sys.executable} --runs 1; code=$?; ls -A {small}; exit $code"
+    )
+    if subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespace here (unshare -r -m is refused)")
+    proc = subprocess.run(["unshare", "-r", "-m", "sh", "-c", inner], capture_output=True, text=True, timeout=300)
+    lines = [x for x in (proc.stdout + proc.stderr).splitlines() if x.strip() and not x.startswith(("WARNING", "I0000"))]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "is full" in lines[-1] and str(small) in lines[-1] and "Traceback" not in proc.stderr, lines
+    assert not proc.stdout.strip(), proc.stdout  # `ls -A` of the tmpfs after the run: empty

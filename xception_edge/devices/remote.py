@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import shutil
 import sys
@@ -127,9 +128,7 @@ def run(
     """Push the artifact, the runner and ``inputs``; run; return (the runner's result, its outputs)."""
     with tempfile.TemporaryDirectory(prefix="xe-device-") as tmp, device.transport as t:
         here = Path(tmp)
-        zipapp.build(manifest.backend, here / "runner.pyz")
-        np.save(here / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
-        (here / "request.json").write_text(json.dumps(_request(timing)), encoding="utf-8")
+        _stage(here, manifest, inputs, timing)
         console.info(f"{device.facts['spec']}: copying {manifest.target} and the device-side runner")
         t.put(folder, "artifact")
         for name in ("runner.pyz", "inputs.npy", "request.json"):
@@ -144,6 +143,23 @@ def run(
             raise DeviceFailed(f"{device.facts['spec']}: the device-side runner wrote no outputs")
         outputs = _outputs(device, here / "outputs.npy", len(inputs), len(manifest.labels))
     return result, outputs
+
+
+def _stage(here: Path, manifest: Manifest, inputs: np.ndarray, timing: Timing) -> None:
+    """The runner, the inputs and the request, in this host's temporary folder; a full disk
+    there is one line (exit 2), not numpy's "N requested and M written"."""
+    try:
+        zipapp.build(manifest.backend, here / "runner.pyz")
+        np.save(here / "inputs.npy", np.ascontiguousarray(inputs, np.float32), allow_pickle=False)
+        (here / "request.json").write_text(json.dumps(_request(timing)), encoding="utf-8")
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(here).free < inputs.nbytes + (1 << 20)
+        if not full:
+            raise
+        raise BadInput(
+            f"this host's temporary folder {here.parent} is full: it cannot hold the {inputs.nbytes / 1e6:.1f} MB of inputs "
+            "for the device; free space there or point TMPDIR elsewhere"
+        ) from None
 
 
 def _outputs(device: Device, path: Path, images: int, classes: int) -> np.ndarray:

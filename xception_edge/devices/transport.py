@@ -13,6 +13,7 @@ import abc
 import dataclasses
 import errno
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -110,15 +111,23 @@ class LocalTransport(Transport):
         return str(dest)
 
     def run(self, argv: Sequence[str], *, timeout: float) -> Completed:
+        """Run in the folder; on a timeout or Ctrl-C the process is killed and waited for (not
+        left to the 0.25 s that ``subprocess.run`` gives it after a KeyboardInterrupt)."""
         try:
-            proc = subprocess.run(
-                [*self.prefix, *argv], cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout
+            proc = subprocess.Popen(
+                [*self.prefix, *argv], cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
-        except subprocess.TimeoutExpired:
-            raise DeviceFailed(f"{self.label}: no answer within {timeout:.0f} s; the run was stopped") from None
         except FileNotFoundError as exc:
             raise BadInput(f"{self.label}: cannot run {exc.filename}: no such file") from None
-        return Completed(proc.stdout, proc.stderr, proc.returncode)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            proc.kill()
+            proc.wait(timeout=30)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise DeviceFailed(f"{self.label}: no answer within {timeout:.0f} s; the run was stopped") from None
+            raise
+        return Completed(stdout, stderr, proc.returncode)
 
     def get(self, name: str, local: Path) -> bool:
         src = Path(self.path(name))
@@ -159,15 +168,26 @@ class SshTransport(Transport):
             raise BadInput(f"{self.label}: {_last_line(proc.stderr) or 'ssh failed'}")
         return Completed(proc.stdout, proc.stderr, proc.returncode)
 
-    def _scp(self, src: str, dst: str) -> None:
+    def _scp(self, src: str, dst: str) -> Completed:
         argv = ["scp", "-q", "-r", *_ssh_options(), *(["-P", str(self.port)] if self.port else []), src, dst]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            raise DeviceFailed(f"{self.label}: copying {src} failed: {_last_line(proc.stderr) or proc.returncode}")
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise DeviceFailed(f"{self.label}: copying {src} took over 600 s; stopped") from None
+        except FileNotFoundError:
+            raise BadInput("ssh devices need the OpenSSH client (`ssh`, `scp`) on this host") from None
+        return Completed(proc.stdout, proc.stderr, proc.returncode)
+
+    def _full(self, where: str) -> BadInput:
+        return BadInput(
+            f"{self.label}: the disk holding {where} is full; free space there (or set the device's TMPDIR elsewhere)"
+        )
 
     def _mkdtemp(self) -> str:
-        done = self._ssh("mktemp -d /tmp/xe-device-XXXXXX", 60)
+        done = self._ssh('mktemp -d "${TMPDIR:-/tmp}/xe-device-XXXXXX"', 60)
         if done.exit != 0 or not done.stdout.strip().startswith("/"):
+            if _FULL.search(done.stderr):
+                raise self._full("its temporary folder ($TMPDIR, else /tmp)")
             raise DeviceFailed(f"{self.label}: cannot make a temporary folder: {_last_line(done.stderr)}")
         return done.stdout.strip()
 
@@ -175,25 +195,55 @@ class SshTransport(Transport):
         self._ssh(f"rm -rf {shlex.quote(self.workdir)}", 120)
 
     def put(self, local: Path, name: str) -> str:
-        self._scp(str(local), f"{self.dest}:{shlex.quote(self.path(name))}")
+        done = self._scp(str(local), f"{self.dest}:{shlex.quote(self.path(name))}")
+        if done.exit != 0:
+            # scp over SFTP (OpenSSH >= 9) reports a full disk as a bare "Failure": ask the device
+            if _FULL.search(done.stderr) or self._free_kib() < _size_kib(Path(local)):
+                raise self._full(self.workdir.rpartition("/")[0] or "/")
+            raise DeviceFailed(f"{self.label}: copying {local} failed: {_last_line(done.stderr) or done.exit}")
         return self.path(name)
 
+    def _free_kib(self) -> float:
+        """The free space (KiB) of the disk holding the folder, as ``df -Pk`` says; inf if unknown."""
+        done = self._ssh(f"df -Pk {shlex.quote(self.workdir)} | tail -n 1", 60)
+        fields = done.stdout.split()
+        return float(fields[3]) if done.exit == 0 and len(fields) >= 4 and fields[3].isdigit() else float("inf")
+
     def run(self, argv: Sequence[str], *, timeout: float) -> Completed:
-        """Run in the folder; on a timeout or Ctrl-C the remote process is stopped too (ssh
-        without a terminal would leave it running)."""
+        """Run in the folder; on a timeout, Ctrl-C or ssh failure the remote process is stopped
+        too (ssh without a terminal does not pass the signal on, and would leave it running)."""
         here = shlex.quote(self.workdir)
         try:
             return self._ssh(f"cd {here} && echo $$ > .pid && exec {shlex.join(argv)}", timeout)
-        except (KeyboardInterrupt, DeviceFailed):
-            self._ssh(f"kill $(cat {here}/.pid) 2>/dev/null; true", 30)
+        except BaseException:
+            self._stop()
             raise
 
-    def get(self, name: str, local: Path) -> bool:
+    def _stop(self) -> None:
+        """SIGTERM the runner (the shell that wrote .pid became it by ``exec``), wait up to 5 s
+        for it to end, then SIGKILL; best effort, it must not hide the error that brought us here."""
+        pid = f"$(cat {shlex.quote(self.path('.pid'))} 2>/dev/null)"
+        script = (
+            f'p={pid}; [ -n "$p" ] || exit 0; kill "$p" 2>/dev/null; i=0; '
+            'while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; kill -9 "$p" 2>/dev/null; true'
+        )
         try:
-            self._scp(f"{self.dest}:{shlex.quote(self.path(name))}", str(local))
-        except DeviceFailed:
-            return False
-        return Path(local).is_file()
+            self._ssh(script, 30)
+        except XceptionEdgeError:
+            pass
+
+    def get(self, name: str, local: Path) -> bool:
+        done = self._scp(f"{self.dest}:{shlex.quote(self.path(name))}", str(local))
+        return done.exit == 0 and Path(local).is_file()
+
+
+_FULL = re.compile(r"No space left on device|Disk quota exceeded", re.IGNORECASE)
+
+
+def _size_kib(path: Path) -> float:
+    """What copying ``path`` (a file or a folder) needs, in KiB."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1024
 
 
 def _last_line(text: str) -> str:
