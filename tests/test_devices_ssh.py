@@ -91,7 +91,7 @@ def test_keep_leaves_the_device_folder_and_prints_it(ssh, converted_all, tmp_pat
     try:
         assert kept.parent == ssh.tmpdir  # mktemp honoured the device's $TMPDIR
         names = sorted(p.name for p in kept.iterdir())
-        assert names == [".pid", "artifact", "inputs.npy", "outputs.npy", "request.json", "result.json", "runner.pyz"]
+        assert names == [".pid", "artifact", "inputs.npy", "outputs.npy", "request.json", "result.json", "runner.pyz", "tmp"]
         assert (kept / "artifact" / "manifest.json").is_file()
     finally:
         shutil.rmtree(kept, ignore_errors=True)
@@ -240,3 +240,43 @@ def test_full_device_disk_is_one_line_and_exit_2(ssh, converted_all, tmp_path, t
     line = _error_line(r)
     assert line.startswith(f"{device}: the disk holding {tiny_tmpfs} is full; free space there"), line
     assert list(tiny_tmpfs.iterdir()) == [] and _left(ssh, tmp_path) == []
+
+
+def test_evaluate_and_gate_over_ssh(ssh, converted_all, tmp_path):
+    """`evaluate --device ssh://…`: every artifact's device row next to its host row (the same
+    numbers here: the device is this machine), parity exact; `gate` gates the device row's latency
+    when latency_host names that device (a real one: it can fail) and its min_device_agreement."""
+    out, _, (model, _, val) = converted_all
+    arts = tmp_path / "arts"
+    for name in ("arm64-litert-int8", "x86-onnxruntime-int8"):
+        shutil.copytree(out / name, arts / name)
+    report = tmp_path / "report"
+    args = ["evaluate", "--model", model, "--artifacts", arts, "--data", val, "--report", report]
+    r = CliRunner().invoke(cli, [str(a) for a in [*args, "--device", DEVICE, "--device-python", sys.executable, *FAST]])
+    assert r.exit_code == 0, r.output
+    data = json.loads((report / "report.json").read_text())
+    hosts = {row["name"]: row for row in data["artifacts"]}
+    for row in data["devices"]:
+        assert row["device"]["transport"] == "ssh" and row["device"]["spec"] == DEVICE and row["latency_emulated"] is False
+        assert row["device_host"]["machine"] == platform.machine() and row["device_host"]["cpu"] == data["host"]["cpu"]
+        assert row["parity"]["top1_agreement"] == 1.0 and row["parity"]["max_step_diff"] == 0
+        assert (row["top1"], row["flipped"]) == (hosts[row["name"]]["top1"], hosts[row["name"]]["flipped"])
+    # nothing of the device's left (TensorFlow's autograph files in this host's tmp are not ours)
+    assert not list(ssh.tmpdir.iterdir()) and not list((tmp_path / "host-tmp").glob("xe-device-*"))
+    assert "## On the device" in (report / "report.md").read_text()
+
+    def gate(limit: float) -> tuple[int, dict]:
+        (tmp_path / "gates.toml").write_text(
+            "".join(f'[{n}]\nmax_top1_drop_pp = 100\nmax_p50_latency_ms = {limit}\nlatency_host = "{ALIAS}"\n' for n in hosts)
+        )
+        g = CliRunner().invoke(cli, ["gate", str(report / "report.json"), "--gates", str(tmp_path / "gates.toml"), "--json", "-"])
+        results = {(x["name"], x["gate"]): x for x in json.loads(g.stdout)["results"]}
+        return g.exit_code, results
+
+    code, results = gate(10_000)
+    name = f"arm64-litert-int8@{DEVICE}"
+    assert code == 0 and results[(name, "max_p50_latency_ms")]["note"] == "", results
+    assert results[(name, "min_device_agreement")]["value"] == 1.0
+    assert results[("arm64-litert-int8", "max_p50_latency_ms")]["note"].startswith("skipped")  # the host row
+    code, results = gate(0.0001)
+    assert code == 1 and not results[(name, "max_p50_latency_ms")]["passed"]

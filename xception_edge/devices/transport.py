@@ -5,6 +5,9 @@ with a timeout, get files back, and remove the folder at the end (unless ``keep`
 device is ``qemu-aarch64 -cpu CPU -L ROOT`` before the device's Python. ``SshTransport`` is a
 remote host through the system OpenSSH client, so ``~/.ssh/config`` (aliases, ProxyJump, keys,
 the agent) applies as it does for ``ssh`` itself.
+
+The command's ``TMPDIR`` is ``tmp/`` inside the folder, so what a runtime writes there goes with
+it (ONNX Runtime writes a telemetry session file, ``$TMPDIR/.ses``, when it is imported).
 """
 
 from __future__ import annotations
@@ -113,9 +116,12 @@ class LocalTransport(Transport):
     def run(self, argv: Sequence[str], *, timeout: float) -> Completed:
         """Run in the folder; on a timeout or Ctrl-C the process is killed and waited for (not
         left to the 0.25 s that ``subprocess.run`` gives it after a KeyboardInterrupt)."""
+        scratch = Path(self.path("tmp"))  # the runtime's own temporary files go with the folder
+        scratch.mkdir(exist_ok=True)
+        env = {**(self.env if self.env is not None else os.environ), "TMPDIR": str(scratch)}
         try:
             proc = subprocess.Popen(
-                [*self.prefix, *argv], cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                [*self.prefix, *argv], cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         except FileNotFoundError as exc:
             raise BadInput(f"{self.label}: cannot run {exc.filename}: no such file") from None
@@ -214,7 +220,9 @@ class SshTransport(Transport):
         too (ssh without a terminal does not pass the signal on, and would leave it running)."""
         here = shlex.quote(self.workdir)
         try:
-            return self._ssh(f"cd {here} && echo $$ > .pid && exec {shlex.join(argv)}", timeout)
+            return self._ssh(
+                f"cd {here} && mkdir -p tmp && echo $$ > .pid && TMPDIR={here}/tmp exec {shlex.join(argv)}", timeout
+            )
         except BaseException:
             self._stop()
             raise
