@@ -220,9 +220,7 @@ class SshTransport(Transport):
         too (ssh without a terminal does not pass the signal on, and would leave it running)."""
         here = shlex.quote(self.workdir)
         try:
-            return self._ssh(
-                f"cd {here} && mkdir -p tmp && echo $$ > .pid && TMPDIR={here}/tmp exec {shlex.join(argv)}", timeout
-            )
+            return self._ssh(f"cd {here} && mkdir -p tmp && echo $$ > .pid && TMPDIR={here}/tmp exec {shlex.join(argv)}", timeout)
         except BaseException:
             self._stop()
             raise
