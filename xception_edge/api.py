@@ -44,9 +44,11 @@ def convert(
     max_drop: float | None = None,
     validation: str | Path | None = None,
     strict: bool = False,
+    transforms: Sequence[str] | None = None,
 ) -> list:
     """Convert ``model`` to every target (built-in names, ``"all"``, or .toml paths), verify each
-    artifact and write ``out/<target>/``. Returns one ``TargetResult`` per target."""
+    artifact and write ``out/<target>/``. Returns one ``TargetResult`` per target. ``transforms``
+    (e.g. ``["cle"]``; ``[]`` for none) replaces the quantized targets' ``[quantization] transforms``."""
     from .model_io import KerasXceptionOptions
     from .pipeline import ConvertRequest, run_convert
 
@@ -71,6 +73,9 @@ def convert(
         max_drop=max_drop,
         validation=_path(validation),
         strict=strict,
+        transforms=None
+        if transforms is None
+        else tuple(str(t) for t in ([transforms] if isinstance(transforms, str) else transforms)),
     )
     return run_convert(req)
 

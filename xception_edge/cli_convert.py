@@ -68,6 +68,14 @@ from .cli import _emit_json, cli
 @click.option(
     "--strict", is_flag=True, help="Validation images that are also calibration images (same sha256) are an error, not a warning."
 )
+@click.option(
+    "--transform",
+    "transforms",
+    multiple=True,
+    metavar="NAME",
+    help="Pre-quantization transform of the Keras model for the int8 targets, instead of the profiles' own "
+    "[quantization] transforms (repeat for several, in order; 'none' for none): cle (cross-layer equalization).",
+)
 @opt.json_output("Write machine-readable results to stdout (--json) or a file (--json=PATH).")
 def convert(
     model,
@@ -91,6 +99,7 @@ def convert(
     max_drop,
     validation,
     strict,
+    transforms,
     json_out,
 ):
     """Convert MODEL to every --target, verify each artifact, and write OUT/<target>/."""
@@ -120,10 +129,24 @@ def convert(
         max_drop=max_drop,
         validation=validation,
         strict=strict,
+        transforms=_transforms(transforms),
     )
     _report_conversions(results, json_out)
     if not all(r.ok for r in results):
         raise click.exceptions.Exit(1)
+
+
+def _transforms(given: tuple[str, ...]) -> tuple[str, ...] | None:
+    """--transform's values: None when not given (the profiles decide), () for 'none'."""
+    from .errors import BadInput
+
+    if not given:
+        return None
+    if "none" in given:
+        if len(given) > 1:
+            raise BadInput(f"--transform none turns every transform off; it cannot be combined with {', '.join(given)}")
+        return ()
+    return given
 
 
 def _report_conversions(results, json_out) -> None:

@@ -52,6 +52,7 @@ class ConvertRequest:
     max_drop: float | None = None  # accuracy budget: top-1 drop in pp on `validation`
     validation: Path | None = None  # labelled images for --max-drop
     strict: bool = False  # validation images that are calibration images: an error, not a warning
+    transforms: tuple[str, ...] | None = None  # --transform: instead of the profiles' own (() turns them off)
 
 
 @dataclasses.dataclass
@@ -90,7 +91,11 @@ def precheck(req: ConvertRequest) -> tuple[list[TargetProfile], ImageSource | No
     """Everything that can be checked without TensorFlow."""
     if req.seed < 0:
         raise BadInput(f"--seed {req.seed} must be 0 or more (numpy's generator takes no negative seed)")
-    profiles = resolve_targets(req.targets)
+    from .transforms.variants import check_names, with_transforms
+
+    if req.transforms is not None:
+        check_names(req.transforms, "--transform")
+    profiles = with_transforms(resolve_targets(req.targets), req.transforms)
     check_installed(profiles)
     if req.num_calibration is not None and req.num_calibration < 1:
         raise BadInput(f"--num-calibration {req.num_calibration} must be at least 1")
@@ -137,7 +142,9 @@ def precheck_source(req: ConvertRequest, profiles: list[TargetProfile], src: Sou
     """What can be checked once the model is loaded, before anything is decoded or converted:
     --max-drop's need for Keras layers, and every int8 profile's ignored_scope names."""
     from . import backends, scope
+    from .transforms.variants import check_source
 
+    check_source(profiles, src, req.model)
     if req.max_drop is not None and src.keras_model is None:
         raise BadInput(
             f"--max-drop needs a Keras model (.keras/.h5) to name the layers it keeps in float; {req.model} is a SavedModel"
@@ -227,15 +234,28 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
         "host": host(),
         "tools": _tool_versions(),
     }
+    variants = _variants(src, profiles, calib, images)
     with tempfile.TemporaryDirectory(prefix="xception-edge-") as workdir:  # the run's exports, shared by every target
-        exports = Exports(src, Path(workdir))
+        exports = {key: Exports(s, Path(tempfile.mkdtemp(dir=workdir))) for key, (s, _, _) in variants.items()}
         for profile in profiles:
             interrupts.check()
             n_cal = req.num_calibration or profile.calibration_size
             target_calib = calib.take(n_cal) if calib is not None and profile.precision.needs_calibration else None
             check = (images, reference, images_from)
-            results.append(_convert_one(req, profile, src, target_calib, exports, common, check, validation))
+            key = profile.quantization.transforms
+            source, table, scales = variants[key]
+            run = {**common, "transforms": table, "transform_scales": scales}
+            results.append(_convert_one(req, profile, source, target_calib, exports[key], run, check, validation))
     return results
+
+
+def _variants(src: SourceModel, profiles: list[TargetProfile], calib, images) -> dict:
+    """The source model per transform list, float equivalence checked on the verification images."""
+    if not any(p.quantization.transforms for p in profiles):
+        return {(): (src, None, {})}
+    from .transforms.variants import prepare
+
+    return prepare(src, profiles, calib, images)
 
 
 def _build(
@@ -250,6 +270,10 @@ def _build(
     (stage / "labels.txt").write_text("\n".join(common["labels"]) + "\n", encoding="utf-8")
     if calib is not None:
         (stage / "calibration.txt").write_text(calib.list_text(), encoding="utf-8")
+    if common.get("transform_scales"):
+        from .transforms.variants import write_scales
+
+        write_scales(stage, common["transform_scales"])
     manifest = Manifest(
         target=profile.name,
         description=profile.description,
@@ -270,6 +294,7 @@ def _build(
         calibration=calib.summary() if calib is not None else None,
         conversion={"seconds": round(seconds, 2), **converted.details},
         profile=profile.to_dict(),
+        transforms=common.get("transforms"),
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     runtime = open_artifact(stage, manifest=manifest)

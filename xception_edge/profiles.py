@@ -38,6 +38,7 @@ class QuantSpec:
     subset_size: int | None = None  # NNCF: calibration images used for statistics (None: all of them)
     ignored_scope: tuple[str, ...] = ()  # layer names kept in float
     max_float_mac_share: float = 0.2  # convert --max-drop: the most of the model's MACs it may keep in float
+    transforms: tuple[str, ...] = ()  # pre-quantization transforms of the Keras model, in order: "cle"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,6 +52,10 @@ def open_context(
             f"--model {model} takes {src.height}x{src.width} images but {artifact} was converted at "
             f"{spec.height}x{spec.width}; pass the model the artifact was converted from"
         )
+    if (manifest.transforms or {}).get("applied"):  # compare with the model it was converted from: transformed
+        from ..transforms.variants import rebuild_source
+
+        src = rebuild_source(src, manifest, artifact)
     key = (spec, manifest.fact("calibration", "count") or 300, manifest.fact("calibration", "seed") or 0)
     decoded = {} if decoded is None else decoded
     if key not in decoded:

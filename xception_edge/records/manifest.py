@@ -28,13 +28,13 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Files a model file needs beside it, by suffix (OpenVINO's .xml reads the .bin of the same stem).
 _COMPANIONS = {".xml": (".bin",)}
 # Records of what happened, kept as tables: each a table (or null) when present.
-TABLES = ("source_model", "host", "tools", "calibration", "conversion", "profile")
+TABLES = ("source_model", "host", "tools", "calibration", "conversion", "profile", "transforms")
 _STRINGS = ("description", "hardware", "labels_from", "created")
 # The keys in the order convert writes them.
 ORDER = (
     "schema", "schema_version", "target", "description", "hardware", "backend", "format", "precision", "threads",
     "model_file", "io", "source_model", "preprocessing", "labels", "labels_from", "host", "tools", "calibration",
-    "conversion", "profile", "created", "accuracy_budget", "verification", "files",
+    "conversion", "profile", "transforms", "created", "accuracy_budget", "verification", "files",
 )  # fmt: skip
 
 
@@ -98,6 +98,7 @@ class Manifest:
     calibration: dict | None = None  # CalibrationSet.summary(); null without calibration
     conversion: dict | None = None  # seconds and the backend's own facts
     profile: dict | None = None  # TargetProfile.to_dict()
+    transforms: dict | None = None  # [quantization] transforms applied: {applied, seconds, images, records}
     created: str | None = None
     accuracy_budget: BudgetRecord | None = None  # convert --max-drop
     verification: Verification | None = None
@@ -119,7 +120,7 @@ class Manifest:
     @property
     def model_bytes(self) -> int:
         """Size of the model file(s): every listed file but labels/calibration/JSON."""
-        return sum(e["bytes"] for name, e in self.files.items() if not name.endswith((".txt", ".json")))
+        return sum(e["bytes"] for name, e in self.files.items() if not name.endswith((".txt", ".json", ".npz")))
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -142,7 +143,7 @@ class Manifest:
                 values["verification"] = {"skipped": self.verification_skipped}
             else:
                 values[key] = _plain(getattr(self, key))
-        return emit(self, values, always=lambda key: key != "accuracy_budget")
+        return emit(self, values, always=lambda key: key not in ("accuracy_budget", "transforms"))
 
     @classmethod
     def from_dict(cls, d, where: Path, folder: Path) -> Manifest:

@@ -1,0 +1,57 @@
+"""Pre-quantization transforms of a Keras model: backend-independent rewrites of the weights that
+keep the float function and make post-training int8 quantization lose less.
+
+    new_model, records = apply(model, ["cle"], calibration_images, verify_images=val_images)
+
+Each transform returns a NEW model (the input model is never changed) and one record (a JSON-able
+dict: name, params, per-layer effect). Keras and TensorFlow are imported inside the calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..errors import BadInput
+from . import cle
+
+TRANSFORMS: dict[str, Callable] = {"cle": cle.transform}
+
+
+def apply(
+    model,
+    names: Sequence[str],
+    calibration: np.ndarray | None,
+    *,
+    verify_images: np.ndarray,
+    params: dict | None = None,
+    scales: dict | None = None,
+) -> tuple[object, list[dict]]:
+    """``model`` transformed by each of ``names`` in order: (a new keras.Model, one record per
+    transform). ``params`` maps a transform's name to its options, e.g. ``{"cle": {"alphas": [0.5]}}``.
+    ``scales``, when given, receives each transform's per-layer scales (``{"cle:KIND:LAYER": array}``):
+    what an artifact keeps in transforms.npz so that `inspect` can rebuild the converted model."""
+    names = [names] if isinstance(names, str) else list(names)
+    known = ", ".join(TRANSFORMS)
+    for name in names:
+        if name not in TRANSFORMS:
+            raise BadInput(f"unknown transform {name!r}; known transforms: {known}")
+    params = dict(params or {})
+    for name, options in params.items():
+        if name not in names:
+            raise BadInput(f"params for transform {name!r}, which is not applied; applied transforms: {', '.join(names)}")
+        if not isinstance(options, dict):
+            raise BadInput(f"params for transform {name!r} must be a dict of options, not {type(options).__name__}")
+    if len(verify_images) == 0:
+        raise BadInput("transforms need verification images to check that the float outputs stay put")
+    current, records = model, []
+    for name in names:
+        current, record = TRANSFORMS[name](current, calibration, verify_images=verify_images, **params.get(name, {}))
+        for key, value in record.pop("_scales", {}).items():
+            if scales is not None:
+                scales[f"{name}:{key}"] = value
+        records.append(record)
+    if not names:
+        current = cle.clone(model)
+    return current, records

@@ -1,0 +1,121 @@
+"""The source model each target converts: the model as given, or the model after its profile's
+``[quantization] transforms`` (one variant per distinct list, shared by the targets that ask for
+it). Each variant is checked to keep the float outputs (``transforms.apply``), and its record
+goes into every manifest made from it (``transforms``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import console
+from ..errors import BadInput
+from ..profiles import TargetProfile
+
+SCALES_FILE = "transforms.npz"
+QUANTIZED = ("int8", "dynamic-int8")  # the precisions a `--transform` given for the run applies to
+
+
+def check_names(names, where: str) -> tuple[str, ...]:
+    """Known transform names, each once; a one-line BadInput naming ``where`` otherwise."""
+    from . import TRANSFORMS
+
+    names = tuple(names)
+    for name in names:
+        if name not in TRANSFORMS:
+            raise BadInput(f"{where}: unknown transform {name!r}; known transforms: {', '.join(TRANSFORMS)} (or none)")
+    if len(set(names)) != len(names):
+        raise BadInput(f"{where}: a transform is listed twice ({', '.join(names)})")
+    return names
+
+
+def with_transforms(profiles: list[TargetProfile], names: tuple[str, ...] | None) -> list[TargetProfile]:
+    """Every profile's transforms checked; with ``names`` (convert's ``--transform``), those replace
+    the profile's own on the quantized targets (int8, dynamic-int8); ``()`` turns them off."""
+    out = []
+    for p in profiles:
+        check_names(p.quantization.transforms, f"{p.source}: [quantization] transforms")
+        if names is not None and p.precision.value in QUANTIZED:
+            p = dataclasses.replace(p, quantization=dataclasses.replace(p.quantization, transforms=tuple(names)))
+        out.append(p)
+    return out
+
+
+def check_source(profiles: list[TargetProfile], src, model: str) -> None:
+    """Transforms rewrite Keras layers: a SavedModel input has none."""
+    wanting = [p.name for p in profiles if p.quantization.transforms]
+    if wanting and src.keras_model is None:
+        raise BadInput(
+            f"target(s) {', '.join(wanting)} apply transforms to the Keras model's layers, and {model} is a SavedModel; "
+            "pass the .keras/.h5 model, or --transform none"
+        )
+
+
+def prepare(src, profiles: list[TargetProfile], calib, images: np.ndarray | None) -> dict:
+    """{transform list: (source model, the manifests' ``transforms`` table or None, the scales)}.
+    Float equivalence is checked on ``images`` (verification), else on calibration images."""
+    from . import apply
+
+    calibration = calib.images if calib is not None else None
+    check_images = images if images is not None else (calibration[:64] if calibration is not None else None)
+    if check_images is None:
+        raise BadInput("transforms need images to check that the float outputs stay put: pass --calibration or --verify-data")
+    variants: dict[tuple[str, ...], tuple[object, dict | None, dict]] = {(): (src, None, {})}
+    for names in dict.fromkeys(p.quantization.transforms for p in profiles):
+        if not names or names in variants:
+            continue
+        t0 = time.perf_counter()
+        scales: dict = {}
+        with console.progress(f"Applying {' + '.join(names)} to {src.spec}", total=None):
+            model, records = apply(src.keras_model, names, calibration, verify_images=check_images, scales=scales)
+        seconds = round(time.perf_counter() - t0, 2)
+        console.info(f"{' + '.join(names)}: float outputs kept (max |Δp| {_max_dp(records):.2g}) in {seconds} s")
+        variant = dataclasses.replace(src, keras_model=model, _predict_fn=_predictor(model))
+        table = {"applied": list(names), "seconds": seconds, "images": len(check_images), "records": records}
+        if scales:
+            table["scales_file"] = SCALES_FILE
+        variants[names] = (variant, table, scales)
+    return variants
+
+
+def write_scales(stage: Path, scales: dict) -> None:
+    """The per-layer scales into the artifact (listed in its manifest's files, so checked by sha256)."""
+    with open(stage / SCALES_FILE, "wb") as f:
+        np.savez(f, **scales)
+
+
+def rebuild_source(src, manifest, folder: Path):
+    """``src`` (`inspect`'s --model) as the artifact in ``folder`` was converted from it: its
+    recorded transform scales re-applied to the Keras model."""
+    model = rebuild(src.keras_model, manifest, folder)
+    return dataclasses.replace(src, keras_model=model, _predict_fn=_predictor(model))
+
+
+def rebuild(model, manifest, folder: Path):
+    """The Keras model ``manifest``'s artifact was converted from, given the model before its
+    transforms: the recorded scales re-applied. ``model`` when none were applied."""
+    table = manifest.transforms or {}
+    if not table.get("applied"):
+        return model
+    name = table.get("scales_file")
+    if name != SCALES_FILE or SCALES_FILE not in manifest.files:
+        raise BadInput(f"{folder}: its manifest records transforms {table['applied']} but no {SCALES_FILE}; convert it again")
+    from .cle import apply_scales
+
+    with np.load(folder / SCALES_FILE, allow_pickle=False) as data:
+        scales = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("cle:")}
+    return apply_scales(model, scales)
+
+
+def _max_dp(records: list[dict]) -> float:
+    return max((r.get("max_abs_dp") or 0.0 for r in records), default=0.0)
+
+
+def _predictor(model):
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(model(x, training=False))
+
+    return predict
