@@ -48,3 +48,24 @@ def agreement(pred: dict[str, str], reference: dict[str, str]) -> dict:
         "flipped": flips,
         "missing_from_reference": len(set(pred) - set(reference)),
     }
+
+
+def paired_drop(pred: dict[str, str], reference: dict[str, str], label_of: dict[str, str]) -> dict:
+    """How far the top-1 drop of ``pred`` against ``reference`` can be trusted, over every image of
+    ``label_of`` (image -> true class; an image missing from a prediction map, e.g. undecodable, is a
+    miss for that model, as top-1 counts it): ``lost`` (reference right, ``pred`` wrong),
+    ``gained`` (the reverse), ``drop_ci_pp`` (the paired-bootstrap 95% interval of the drop, in
+    percentage points, negative = worse) and ``mcnemar_p`` (exact McNemar test on lost vs gained)."""
+    from .stats import drop_ci_from_counts, mcnemar_exact
+
+    keys = list(label_of)
+    right = np.array([pred.get(k) == label_of[k] for k in keys], dtype=bool)
+    ref_right = np.array([reference.get(k) == label_of[k] for k in keys], dtype=bool)
+    lost, gained = int((ref_right & ~right).sum()), int((right & ~ref_right).sum())
+    low, high = drop_ci_from_counts(len(keys), lost, gained) if keys else (None, None)
+    return {
+        "drop_ci_pp": None if low is None else [low, high],
+        "mcnemar_p": mcnemar_exact(lost, gained),
+        "lost": lost,
+        "gained": gained,
+    }

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, console
-from .accuracy import accuracy_report, agreement
+from .accuracy import accuracy_report, agreement, paired_drop
 from .artifact import output_lock
 from .benchmark import cpu_mismatch, measure_latency
 from .dataset import LabelledImages, labelled_images
@@ -37,6 +37,7 @@ from .evaluation_inputs import (  # noqa: F401  (Artifact, same_source_model: pa
 )
 from .records import REPORT_SCHEMA, REPORT_VERSION, Report, ReportRow
 from .resultstore import ResultStore
+from .stats import CI_LEVEL, RESAMPLES, SEED
 
 SCHEMA = REPORT_SCHEMA
 SCHEMA_VERSION = REPORT_VERSION
@@ -76,7 +77,8 @@ def _score(
 
 
 def _compare(row: ReportRow, acc: dict, preds: dict, ref: ReportRow, ref_preds: dict, label_of: dict) -> ReportRow:
-    """``row`` scored against the Keras reference: drop (percentage points), ratio to fp32,
+    """``row`` scored against the Keras reference: drop (percentage points) with its paired-bootstrap
+    interval and McNemar's p on the images one model got right and the other not, ratio to fp32,
     agreement and flips per class."""
     agr = agreement(preds, ref_preds)
     flips: dict[str, list] = {}
@@ -99,6 +101,7 @@ def _compare(row: ReportRow, acc: dict, preds: dict, ref: ReportRow, ref_preds: 
         flipped=len(agr["flipped"]),
         flips_per_class={c: flips[c] for c in ref.per_class if c in flips},  # in label order
         per_class=per_class,
+        **paired_drop(preds, ref_preds, label_of),
     )
 
 
@@ -243,7 +246,13 @@ def _assemble(run: _Run, keras: dict, reference: ReportRow, artifacts: list[Repo
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         xception_edge=__version__,
         host=run.host,
-        settings={**run.settings, "decode_threads": run.req.decode_threads, "batch": BATCH, "mlperf_ratio": MLPERF_RATIO},
+        settings={
+            **run.settings,
+            "decode_threads": run.req.decode_threads,
+            "batch": BATCH,
+            "mlperf_ratio": MLPERF_RATIO,
+            "drop_ci": {"method": "paired bootstrap, percentile", "level": CI_LEVEL, "resamples": RESAMPLES, "seed": SEED},
+        },
         model={"spec": run.req.model, "sha256": keras["model_sha256"], **keras["model"]},
         preprocessing=run.spec.to_dict(),
         labels=run.labels,

@@ -230,6 +230,7 @@ def _limits(base: GateResult, row: ReportRow, gates: dict, host_cpu: str) -> lis
     drop = _num(row.drop_pp)
     checks = {
         "max_top1_drop_pp": (None if drop is None else -drop, lambda v, l: v <= l),
+        "max_top1_drop_pp_upper": (_worst_drop(row), lambda v, l: v <= l),
         "min_top1_ratio": (_num(row.ratio), lambda v, l: v >= l),
         "min_agreement": (_num(row.agreement), lambda v, l: v >= l),
         "max_size_mb": (None if size is None else size / 1e6, lambda v, l: v <= l),
@@ -250,10 +251,39 @@ def _limits(base: GateResult, row: ReportRow, gates: dict, host_cpu: str) -> lis
                 out.append(skipped)
                 continue
         if value is None:
-            out.append(dataclasses.replace(r, note="value missing, not a number, or NaN/inf in the report"))
+            out.append(dataclasses.replace(r, note=_MISSING.get(gate, "value missing, not a number, or NaN/inf in the report")))
         else:
-            out.append(dataclasses.replace(r, passed=bool(ok(value, float(limit)))))
+            out.append(dataclasses.replace(r, passed=bool(ok(value, float(limit))), note=_drop_note(gate, row)))
     return out
+
+
+_MISSING = {
+    "max_top1_drop_pp_upper": (
+        "the row has no drop_ci_pp [low, high] of finite numbers (a report or --resume row from before "
+        "confidence intervals?); run `xception-edge evaluate` again"
+    )
+}
+
+
+def _worst_drop(row: ReportRow) -> float | None:
+    """The upper end of the loss's 95% interval (pp, positive = worse): -drop_ci_pp[0]; None when
+    the row has no interval of two finite numbers."""
+    ci = row.drop_ci_pp
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or not all(is_finite_number(x) for x in ci) or ci[0] > ci[1]:
+        return None
+    return -float(ci[0]) + 0.0
+
+
+def _drop_note(gate: str, row: ReportRow) -> str:
+    """For the drop gates: the drop's 95% interval and McNemar's p, when the row has them."""
+    if gate not in ("max_top1_drop_pp", "max_top1_drop_pp_upper") or _worst_drop(row) is None:
+        return ""
+    low, high = row.drop_ci_pp
+    drop, p = _num(row.drop_pp), _num(row.mcnemar_p)
+    parts = [] if drop is None else [f"drop {drop:+.2f} pp"]
+    parts.append(f"95% CI [{low:+.2f}, {high:+.2f}]")
+    parts += [] if p is None else [f"McNemar p = {p:.3g}"]
+    return ", ".join(parts)
 
 
 def _latency_skipped(r: GateResult, row: ReportRow, want, host_cpu: str) -> GateResult | None:

@@ -53,7 +53,8 @@ class VerifySpec:
 class GateSpec:
     """CI accuracy gates (used by `xception-edge gate`); every entry optional."""
 
-    max_top1_drop_pp: float | None = None
+    max_top1_drop_pp: float | None = None  # judges the point estimate, drop_pp
+    max_top1_drop_pp_upper: float | None = None  # judges the worst plausible drop: the 95% interval's end, -drop_ci_pp[0]
     min_top1_ratio: float | None = None
     min_agreement: float | None = None
     max_size_mb: float | None = None

@@ -28,6 +28,27 @@ def fmt_pp(x: float | None) -> str:
     return "—" if x is None else f"{x:+.2f}"
 
 
+def fmt_drop(r: ReportRow) -> str:
+    """The top-1 drop with its 95% interval when the row has one: ``-0.33 [-0.83, +0.17]``."""
+    ci = r.drop_ci_pp
+    if r.drop_pp is None or not (isinstance(ci, (list, tuple)) and len(ci) == 2):
+        return fmt_pp(r.drop_pp)
+    return f"{r.drop_pp:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+DROP_NOTE = (
+    "*Δ top-1 [95% CI]*: the drop against Keras fp32 with its 95% paired-bootstrap interval (the same images "
+    "resampled for both models); *p (McNemar)*: exact McNemar test on the images one model got right and the other "
+    "not. An interval that contains 0 and a large p mean the drop is not distinguishable from noise on these images."
+)
+
+
 def fmt_ratio(r: ReportRow) -> str:
     if r.ratio is None:
         return "—"
@@ -42,7 +63,8 @@ def summary_cells(r: ReportRow) -> list[str]:
         r.precision,
         fmt_mb(r.size_bytes),
         fmt_pct(r.top1),
-        fmt_pp(r.drop_pp),
+        fmt_drop(r),
+        fmt_p(r.mcnemar_p),
         fmt_ratio(r),
         fmt_pct(r.top5),
         fmt_pct(r.agreement),
@@ -58,7 +80,8 @@ SUMMARY_COLUMNS = [
     "precision",
     "size",
     "top-1",
-    "Δ top-1 (pp)",
+    "Δ top-1 (pp) [95% CI]",
+    "p (McNemar)",
     "of fp32",
     "top-5",
     "agreement",
@@ -113,6 +136,8 @@ def markdown(report: Report) -> str:
         "",
         f"*of fp32*: top-1 as a share of Keras fp32 top-1 (✗: below MLPerf's {100 * s['mlperf_ratio']:.0f}%). "
         "*agreement*: share of images whose top-1 equals Keras's; *flips*: images where it differs.",
+        "",
+        DROP_NOTE,
         "",
     ]
     for n in notes(report):
@@ -175,6 +200,7 @@ def print_report(report: Report) -> None:
         t.add_row(*summary_cells(r))
     con = Console()
     con.print(t)
+    con.print(DROP_NOTE.replace("*", ""), highlight=False)
     if report.devices:
         from . import report_devices
 

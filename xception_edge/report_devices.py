@@ -5,13 +5,15 @@ two latencies side by side (an emulated device's marked as such: it says nothing
 from __future__ import annotations
 
 from .records import Report, ReportRow
+from .report import fmt_drop, fmt_p
 
 COLUMNS = [
     "artifact",
     "device",
     "CPU",
     "top-1",
-    "Δ top-1 (pp)",
+    "Δ top-1 (pp) [95% CI]",
+    "p (McNemar)",
     "parity top-1",
     "max Δ (steps)",
     "device p50 ms [95% CI]",
@@ -44,7 +46,8 @@ def cells(row: ReportRow, host_row: ReportRow | None) -> list[str]:
         row.device_label or "?",
         _cpu(row),
         "—" if row.top1 is None else f"{100 * row.top1:.2f}%",
-        "—" if row.drop_pp is None else f"{row.drop_pp:+.2f}",
+        fmt_drop(row),
+        fmt_p(row.mcnemar_p),
         "—" if agreement is None else f"{100 * agreement:.2f}%{verdict}",
         "—" if p.get("max_step_diff") is None else f"{p['max_step_diff']:g}",
         _p50(row),

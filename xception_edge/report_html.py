@@ -8,7 +8,7 @@ import html as _html
 import io
 
 from .records import REPORT_SCHEMA, REPORT_VERSION, Report
-from .report import SUMMARY_COLUMNS, notes, rows, summary_cells, timing_sentence
+from .report import DROP_NOTE, SUMMARY_COLUMNS, notes, rows, summary_cells, timing_sentence
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -264,6 +264,7 @@ def _summary_section(report: Report) -> list[str]:
         _table(SUMMARY_COLUMNS, [summary_cells(r) for r in rows(report)], ref_first=True, numeric_from=3),
         f"<p class='note'><em>of fp32</em>: top-1 as a share of Keras fp32 top-1 (✗: below MLPerf's "
         f"{100 * s['mlperf_ratio']:.0f}%). <em>agreement</em>: share of images whose top-1 equals Keras's.</p>",
+        f"<p class='note'>{_e(DROP_NOTE.replace('*', ''))}</p>",
     ]
     if notes(report):
         parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes(report)) + "</ul>")

@@ -23,8 +23,9 @@ _ROW = {
     "top5_drop_pp": "num", "ratio": "num?", "meets_mlperf_99": "bool?", "agreement": "num", "flipped": "int",
     "flips_per_class": "dict", "per_class": "dict", "latency": "dict", "cpu_warning": "str?", "seconds": "num~",
     "reused": "bool~", "same_source_model": "bool~", "device": "dict~", "device_host": "dict~", "parity": "dict~",
-    "latency_emulated": "bool~",
+    "latency_emulated": "bool~", "drop_ci_pp": "list~", "mcnemar_p": "num~", "lost": "int~", "gained": "int~",
 }  # fmt: skip
+_SINCE_CI = ("drop_ci_pp", "mcnemar_p", "lost", "gained")  # absent from older rows, and from a row without them
 _ARTIFACT_ROW = {"path": "str", "target": "str"}
 _LATENCY = {"p50_ms": "num", "p90_ms": "num", "samples_ms": "list"}
 _CLASS = {"images": "int", "top1": "num", "drop_pp": "num"}
@@ -54,6 +55,11 @@ def field_problem(obj, spec: dict[str, str], where: str) -> str | None:
     return None
 
 
+def is_interval(value) -> bool:
+    """``[low, high]``: two finite numbers, low ≤ high."""
+    return isinstance(value, list) and len(value) == 2 and all(is_kind(x, "num") for x in value) and value[0] <= value[1]
+
+
 def each_problem(items, spec: dict[str, str], where: str) -> str | None:
     return next((p for i, item in enumerate(items) if (p := field_problem(item, spec, f"{where}[{i}]"))), None)
 
@@ -64,6 +70,8 @@ def _strict_problem(row, where: str, artifact: bool) -> str | None:
         return problem
     if not all(isinstance(x, str) for x in row.get("float_layers") or []):
         return f"{where}.float_layers must be a list of strings"
+    if row.get("drop_ci_pp") is not None and not is_interval(row["drop_ci_pp"]):
+        return f"{where}.drop_ci_pp must be [low, high], two finite numbers with low ≤ high"
     problem = field_problem(row["latency"], _LATENCY, f"{where}.latency")
     if not problem and not all(is_kind(x, "num") for x in row["latency"]["samples_ms"]):
         problem = f"{where}.latency.samples_ms must be a list of finite numbers"
@@ -92,6 +100,7 @@ def _lenient(row: dict, where: str, artifact: bool) -> dict:
         if key in row:
             base = "num" if kind.startswith("int") else kind.rstrip("?~")  # a gate reads any finite count
             ok = is_kind(row[key], base) and (key != "float_layers" or all(isinstance(x, str) for x in row[key]))
+            ok = ok and (key != "drop_ci_pp" or is_interval(row[key]))
             out[key] = row[key] if ok else None
     return out
 
@@ -141,6 +150,12 @@ class ReportRow:
     device_host: dict | None = None
     parity: dict | None = None
     latency_emulated: bool | None = None
+    # How far drop_pp can be trusted (artifact and device rows): its paired-bootstrap interval
+    # [low, high] in pp, McNemar's exact p, and the images lost / gained against Keras.
+    drop_ci_pp: list | None = None
+    mcnemar_p: float | None = None
+    lost: int | None = None
+    gained: int | None = None
     extra: dict = extra_field()
     _keys: tuple[str, ...] = keys_field()
 
@@ -161,7 +176,7 @@ class ReportRow:
         artifact = self.manifest_sha256 is not None
 
         def always(key: str) -> bool:  # a row made in code: Keras's has no artifact fields
-            return key not in ("reused", "same_source_model") and (artifact or key not in _ARTIFACT_ONLY)
+            return key not in ("reused", "same_source_model", *_SINCE_CI) and (artifact or key not in _ARTIFACT_ONLY)
 
         return emit(self, values, always=always)
 
