@@ -135,6 +135,11 @@ def test_cle_repairs_int8_on_every_backend(outlier_model, tmp_path):
     result = xe.inspect(tmp_path / "cle" / "arm64-litert-int8", path, train, report=tmp_path / "inspect", num_images=8)
     by = {e["layer"]: e for e in result["artifacts"][0]["layers"] if e["layer"]}
     assert by["block3_sepconv1/depthwise"]["sqnr_db"] > 20, by["block3_sepconv1/depthwise"]
+    # and it shows, per layer, the int8 error proxy without and with CLE (the outlier layer first)
+    shown = result["artifacts"][0]["transforms"]
+    assert shown[0]["layer"] == "block3_sepconv1" and shown[0]["sqnr_db_after"] - shown[0]["sqnr_db_before"] > 20
+    md = (tmp_path / "inspect" / "inspect.md").read_text()
+    assert "per-layer int8 error proxy without and with them" in md and "| cle | block3_sepconv1 | separable |" in md
 
 
 def tiny_conv_model():

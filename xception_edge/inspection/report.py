@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..artifact import atomic_write_text
+from . import transforms_table
 
 COLUMNS = ("rank", "layer", "type", "SQNR dB", "lost here dB", "own dB", "MAC share", "node")
 
@@ -84,6 +85,7 @@ def markdown(result: dict, top: int) -> str:
             f"Most harmful layers (kept in float first by `convert --max-drop`): {', '.join(a['blame'][:5]) or '—'}",
             "",
         ]
+        lines += transforms_table.markdown(a, top)
     return "\n".join(lines) + "\n"
 
 
@@ -146,6 +148,7 @@ def html(result: dict, top: int) -> str:
                 + "</tr>"
             )
         parts.append(f"</table><p>Most harmful: {e(', '.join(a['blame'][:5]) or '—')}</p>")
+        parts.append(transforms_table.html(a, top))
     return "\n".join(parts) + "\n"
 
 

@@ -46,6 +46,8 @@ def int8_artifacts(root: Path) -> list[Path]:
 
 
 def inspect_one(ctx) -> dict:
+    from . import transforms_table
+
     """Measure one artifact (context already open) and return its result record."""
     backend = ctx.manifest.backend
     t0 = time.perf_counter()
@@ -63,6 +65,7 @@ def inspect_one(ctx) -> dict:
         "layers": [e.to_dict() for e in errors],
         "blame": blame(errors, ctx.profile.quantization.ignored_scope),
         "unmatched_weighted_layers": missing,
+        "transforms": transforms_table.summary(ctx.manifest),
     }
 
 
