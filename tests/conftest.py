@@ -167,3 +167,16 @@ def emulated_arm64():
     from xception_edge.devices import emulated
 
     return emulated.ensure(("litert", "onnxruntime"))
+
+
+def older_python() -> str | None:
+    """A Python 3.6-3.8 that runs, for the "device Python too old" tests (pyenv's versions, then
+    PATH; a pyenv shim may not run); None when the machine has none."""
+    import shutil
+    import subprocess
+
+    for name in ("python3.8", "python3.7", "python3.6"):
+        for found in [*Path.home().glob(f".pyenv/versions/{name[6:]}*/bin/{name}"), shutil.which(name)]:
+            if found and subprocess.run([str(found), "-c", "pass"], capture_output=True).returncode == 0:
+                return str(found)
+    return None

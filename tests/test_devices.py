@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from conftest import older_python
 
 from xception_edge import backends
 from xception_edge.cli import cli
@@ -102,17 +103,8 @@ def test_device_python_without_the_runtime_is_one_line_and_exit_2(converted_all,
     assert f"{py} -m pip install onnxruntime numpy" in lines[-1] and "local: numpy is not installed" in lines[-1], output
 
 
-def _older_python() -> str | None:
-    """A Python 3.6-3.8 that runs (pyenv's versions, then PATH; a pyenv shim may not run)."""
-    for name in ("python3.8", "python3.7", "python3.6"):
-        for found in [*Path.home().glob(f".pyenv/versions/{name[6:]}*/bin/{name}"), shutil.which(name)]:
-            if found and subprocess.run([str(found), "-c", "pass"], capture_output=True).returncode == 0:
-                return str(found)
-    return None
-
-
 def test_device_python_too_old_is_one_line_and_exit_2(converted_all, tmp_path):
-    old = _older_python()
+    old = older_python()
     if old is None:
         pytest.skip("no Python older than 3.9 on this machine")
     out, _, _ = converted_all

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import older_python
 from sshd import ALIAS, client_config, free_port, keygen, know_host, running_sshd, sshd_device  # noqa: F401
 
 from xception_edge.cli import cli
@@ -110,17 +111,8 @@ def test_device_python_without_the_runtime_is_one_line_and_exit_2(ssh, converted
     assert _left(ssh, tmp_path) == []
 
 
-def _older_python() -> str | None:
-    """A real Python 3.6-3.8 (pyenv's versions, then PATH; a pyenv shim may not run)."""
-    for name in ("python3.8", "python3.7", "python3.6"):
-        for found in [*Path.home().glob(f".pyenv/versions/{name[6:]}*/bin/{name}"), shutil.which(name)]:
-            if found and subprocess.run([str(found), "-c", "pass"], capture_output=True).returncode == 0:
-                return str(found)
-    return None
-
-
 def test_device_python_too_old_is_one_line_and_exit_2(ssh, converted_all, tmp_path):
-    old = _older_python()
+    old = older_python()
     if old is None:
         pytest.skip("no Python older than 3.9 on this machine (pyenv install 3.8 gives one)")
     out, _, _ = converted_all
