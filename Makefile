@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench venv clean system-deps
+.PHONY: demo test test-fast bench bench-accuracy venv clean system-deps
 
 venv: $(STAMP)
 
@@ -41,3 +41,9 @@ clean:
 # The performance benchmark (not a test): full-size Xception, every target, ~20 minutes.
 bench: $(STAMP)
 	$(BIN)/python bench/run_matrix.py
+	$(MAKE) bench-accuracy
+
+# int8 accuracy on the demo's val_hard, each int8 target (with each transform) beside each
+# vendor's default recipe, latency side by side: bench/accuracy.{json,md}, ~15 minutes.
+bench-accuracy: $(STAMP)
+	$(BIN)/python bench/accuracy_table.py
