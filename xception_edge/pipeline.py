@@ -29,6 +29,7 @@ from .targets import resolve_targets
 from .profiles import TargetProfile
 from .records import Manifest, Verification
 from .verify import is_undecided, verify
+from .transforms.variants import variant_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +243,7 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
             n_cal = req.num_calibration or profile.calibration_size
             target_calib = calib.take(n_cal) if calib is not None and profile.precision.needs_calibration else None
             check = (images, reference, images_from)
-            key = profile.quantization.transforms
+            key = variant_key(profile)
             source, table, scales = variants[key]
             run = {**common, "transforms": table, "transform_scales": scales}
             results.append(_convert_one(req, profile, source, target_calib, exports[key], run, check, validation))

@@ -14,9 +14,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import BadInput
-from . import cle
+from . import bias_correction, cle
 
-TRANSFORMS: dict[str, Callable] = {"cle": cle.transform}
+TRANSFORMS: dict[str, Callable] = {"cle": cle.transform, "bias_correction": bias_correction.transform}
+# What rebuilds a transformed model from the original and the recorded per-layer values (`inspect`).
+REBUILDERS: dict[str, Callable] = {"cle": cle.apply_scales, "bias_correction": bias_correction.apply_shifts}
+# Transforms that work on the target's weight grid: their options depend on the profile.
+ON_GRID = ("bias_correction",)
 
 
 def apply(

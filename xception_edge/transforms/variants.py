@@ -6,6 +6,7 @@ goes into every manifest made from it (``transforms``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -54,30 +55,47 @@ def check_source(profiles: list[TargetProfile], src, model: str) -> None:
         )
 
 
+def grid_params(profile: TargetProfile) -> dict:
+    """The options of the profile's transforms that depend on its weight grid: symmetric per
+    channel, -127..127, or -64..64 for ONNX Runtime's reduce_range (its quantizer's 7-bit range)."""
+    from . import ON_GRID
+
+    qmax = 64 if profile.quantization.reduce_range else 127
+    return {name: {"weight_qmax": qmax} for name in profile.quantization.transforms if name in ON_GRID}
+
+
+def variant_key(profile: TargetProfile) -> tuple:
+    """Which source variant ``profile`` converts: its transforms and their grid options."""
+    names = profile.quantization.transforms
+    return (names, json.dumps(grid_params(profile), sort_keys=True)) if names else ()
+
+
 def prepare(src, profiles: list[TargetProfile], calib, images: np.ndarray | None) -> dict:
-    """{transform list: (source model, the manifests' ``transforms`` table or None, the scales)}.
-    Float equivalence is checked on ``images`` (verification), else on calibration images."""
+    """{variant_key: (source model, the manifests' ``transforms`` table or None, the per-layer
+    values)}. Checked on ``images`` (verification), else on calibration images."""
     from . import apply
 
     calibration = calib.images if calib is not None else None
     check_images = images if images is not None else (calibration[:64] if calibration is not None else None)
     if check_images is None:
         raise BadInput("transforms need images to check that the float outputs stay put: pass --calibration or --verify-data")
-    variants: dict[tuple[str, ...], tuple[object, dict | None, dict]] = {(): (src, None, {})}
-    for names in dict.fromkeys(p.quantization.transforms for p in profiles):
-        if not names or names in variants:
+    variants: dict[tuple, tuple[object, dict | None, dict]] = {(): (src, None, {})}
+    for p in profiles:
+        key = variant_key(p)
+        if key in variants:
             continue
+        names, params = p.quantization.transforms, grid_params(p)
         t0 = time.perf_counter()
         scales: dict = {}
         with console.progress(f"Applying {' + '.join(names)} to {src.spec}", total=None):
-            model, records = apply(src.keras_model, names, calibration, verify_images=check_images, scales=scales)
+            model, records = apply(src.keras_model, names, calibration, verify_images=check_images, params=params, scales=scales)
         seconds = round(time.perf_counter() - t0, 2)
-        console.info(f"{' + '.join(names)}: float outputs kept (max |Δp| {_max_dp(records):.2g}) in {seconds} s")
+        console.info(f"{' + '.join(names)}: float outputs move by max |Δp| {_max_dp(records):.2g}; {seconds} s")
         variant = dataclasses.replace(src, keras_model=model, _predict_fn=_predictor(model))
-        table = {"applied": list(names), "seconds": seconds, "images": len(check_images), "records": records}
+        table = {"applied": list(names), "params": params, "seconds": seconds, "images": len(check_images), "records": records}
         if scales:
             table["scales_file"] = SCALES_FILE
-        variants[names] = (variant, table, scales)
+        variants[key] = (variant, table, scales)
     return variants
 
 
@@ -103,11 +121,17 @@ def rebuild(model, manifest, folder: Path):
     name = table.get("scales_file")
     if name != SCALES_FILE or SCALES_FILE not in manifest.files:
         raise BadInput(f"{folder}: its manifest records transforms {table['applied']} but no {SCALES_FILE}; convert it again")
-    from .cle import apply_scales
+    from . import REBUILDERS
 
     with np.load(folder / SCALES_FILE, allow_pickle=False) as data:
-        scales = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("cle:")}
-    return apply_scales(model, scales)
+        values = {k: data[k] for k in data.files}
+    for applied in table["applied"]:  # in the order they were applied
+        rebuild_one = REBUILDERS.get(applied)
+        if rebuild_one is None:
+            raise BadInput(f"{folder}: its manifest records transform {applied!r}, which this xception-edge does not know")
+        mine = {k.split(":", 1)[1]: v for k, v in values.items() if k.split(":", 1)[0] == applied}
+        model = rebuild_one(model, mine)
+    return model
 
 
 def _max_dp(records: list[dict]) -> float:
