@@ -108,7 +108,7 @@ def test_cle_repairs_int8_on_every_backend(outlier_model, tmp_path):
 
     path, train, val = outlier_model
     common = {"calibration": train, "verify_data": val, "num_calibration": 40}
-    plain = xe.convert(path, INT8, out=tmp_path / "plain", **common)
+    plain = xe.convert(path, INT8, out=tmp_path / "plain", transforms=[], **common)
     for r in plain:
         assert not r.ok and f"{r.target}: top-1 agreement" in r.error, (r.target, r.error)
         assert not (tmp_path / "plain" / r.target).exists()
