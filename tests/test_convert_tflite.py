@@ -40,7 +40,8 @@ def test_every_litert_target_is_written_and_verified(converted):
 def test_int8_artifact_is_integer_only_with_a_complete_manifest(converted):
     out, _, (model, train, val) = converted
     art = out / "arm64-litert-int8"
-    assert sorted(p.name for p in art.iterdir()) == ["calibration.txt", "labels.txt", "manifest.json", "model.tflite"]
+    names = ["calibration.txt", "labels.txt", "manifest.json", "model.tflite", "transforms.npz"]  # CLE's scales
+    assert sorted(p.name for p in art.iterdir()) == names
     m = read_manifest(art)
     assert m.precision == "int8" and m.conversion["all_ops_integer"] is True
     ops = op_summary(art / "model.tflite")
@@ -57,7 +58,8 @@ def test_int8_artifact_is_integer_only_with_a_complete_manifest(converted):
     from xception_edge.calibration import sha256_file
 
     assert m.source_sha256 == sha256_file(model)
-    assert set(m.files) == {"calibration.txt", "labels.txt", "model.tflite"}
+    assert set(m.files) == {"calibration.txt", "labels.txt", "model.tflite", "transforms.npz"}
+    assert m.transforms["applied"] == ["cle"] and m.model_bytes == m.files["model.tflite"]["bytes"]
     assert "tensorflow" in m.tools and m.verification.passed
     assert "avx2" in m.int8_flags or m.host["machine"] != "x86_64"
 
@@ -203,6 +205,9 @@ def test_h5_and_saved_model_inputs(small_model, small_saved_model, tmp_path):
         assert r.exit_code == 0, (kind, r.output)
         m = read_manifest(out / "arm64-litert-int8")
         assert m.source_model["kind"] == kind and m.verification.agreement >= 0.9
+        # a SavedModel has no Keras layers for the profile's CLE: converted without it, with a warning
+        assert (m.transforms is None) == (kind == "saved_model")
+        assert ("convert without their profiles' transforms" in r.output) == (kind == "saved_model")
         assert read_manifest(out / "litert-fp32").verification.max_abs_diff < 1e-4
 
 

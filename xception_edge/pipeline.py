@@ -139,19 +139,21 @@ def check_installed(profiles: list[TargetProfile]) -> None:
             raise BackendUnavailable(*missing, f"target {p.name} ({p.backend} backend)")
 
 
-def precheck_source(req: ConvertRequest, profiles: list[TargetProfile], src: SourceModel) -> None:
+def precheck_source(req: ConvertRequest, profiles: list[TargetProfile], src: SourceModel) -> list[TargetProfile]:
     """What can be checked once the model is loaded, before anything is decoded or converted:
-    --max-drop's need for Keras layers, and every int8 profile's ignored_scope names."""
+    transforms' and --max-drop's need for Keras layers, and every int8 profile's ignored_scope
+    names. The profiles to convert (a SavedModel input drops the profiles' own transforms)."""
     from . import backends, scope
     from .transforms.variants import check_source
 
-    check_source(profiles, src, req.model)
+    profiles = check_source(profiles, src, req.model, asked=req.transforms is not None)
     if req.max_drop is not None and src.keras_model is None:
         raise BadInput(
             f"--max-drop needs a Keras model (.keras/.h5) to name the layers it keeps in float; {req.model} is a SavedModel"
         )
     for p in profiles:
         scope.check(p, src, backends.get(p.backend))
+    return profiles
 
 
 def _verification_images(
@@ -197,7 +199,7 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
     src = load_source(req.model, unsafe=req.unsafe_model, xception=req.xception)
     for w in src.warnings:
         console.warn(w)
-    precheck_source(req, profiles, src)
+    profiles = precheck_source(req, profiles, src)
     labels, labels_from = resolve_labels(
         src.num_classes, req.labels, calib_src.classes if calib_src else None, calib_src.origin if calib_src else None
     )

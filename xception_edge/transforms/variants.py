@@ -45,14 +45,22 @@ def with_transforms(profiles: list[TargetProfile], names: tuple[str, ...] | None
     return out
 
 
-def check_source(profiles: list[TargetProfile], src, model: str) -> None:
-    """Transforms rewrite Keras layers: a SavedModel input has none."""
+def check_source(profiles: list[TargetProfile], src, model: str, *, asked: bool) -> list[TargetProfile]:
+    """Transforms rewrite Keras layers, which a SavedModel input does not have: ``--transform``
+    (``asked``) is then an error; a profile's own transforms are dropped with a warning."""
     wanting = [p.name for p in profiles if p.quantization.transforms]
-    if wanting and src.keras_model is None:
+    if not wanting or src.keras_model is not None:
+        return profiles
+    if asked:
         raise BadInput(
-            f"target(s) {', '.join(wanting)} apply transforms to the Keras model's layers, and {model} is a SavedModel; "
+            f"--transform rewrites the Keras model's layers, and {model} is a SavedModel; "
             "pass the .keras/.h5 model, or --transform none"
         )
+    console.warn(
+        f"{model} is a SavedModel, without the Keras layers that transforms rewrite: {', '.join(wanting)} "
+        "convert without their profiles' transforms (pass the .keras/.h5 model to have them)"
+    )
+    return [dataclasses.replace(p, quantization=dataclasses.replace(p.quantization, transforms=())) for p in profiles]
 
 
 def grid_params(profile: TargetProfile) -> dict:
