@@ -62,8 +62,17 @@ def test_int8_sqnr_values_are_finite_and_sane(inspected):
 def test_fp32_ir_against_fp32_source_is_exact(inspected):
     """The same measurement with the fp32 IR in place of the int8 one: every tapped tensor must
     agree (≥ 60 dB), which fails if ops or ports were paired with the wrong counterpart."""
+    from xception_edge.exports import Exports
+    from xception_edge.model_io import load_source
+
     ctx, errors, fp32_dir = inspected
-    fp32_ctx = dataclasses.replace(ctx, artifact=Path(fp32_dir))
+    # the int8 IR was made from the model after its profile's CLE (ctx.source is that model, rebuilt
+    # from the artifact's transforms.npz); the fp32 IR from the model as given
+    assert ctx.manifest.transforms["applied"] == ["cle"]
+    src = load_source(ctx.manifest.source_model["spec"])
+    work = ctx.exports.workdir.parent / "fp32-exports"
+    work.mkdir(exist_ok=True)
+    fp32_ctx = dataclasses.replace(ctx, artifact=Path(fp32_dir), source=src, exports=Exports(src, work))
     exact = backend_module("openvino").measure(fp32_ctx)
     assert {e.layer for e in exact} == {e.layer for e in errors}
     for e in exact:

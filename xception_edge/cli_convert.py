@@ -74,7 +74,8 @@ from .cli import _emit_json, cli
     multiple=True,
     metavar="NAME",
     help="Pre-quantization transform of the Keras model for the int8 targets, instead of the profiles' own "
-    "[quantization] transforms (repeat for several, in order; 'none' for none): cle (cross-layer equalization).",
+    "[quantization] transforms (repeat for several, in order; 'none' for none): cle (cross-layer equalization), "
+    "bias_correction (on the target's weight grid), adaround (learned rounding on the grid; slow, last).",
 )
 @opt.json_output("Write machine-readable results to stdout (--json) or a file (--json=PATH).")
 def convert(

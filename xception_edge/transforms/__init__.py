@@ -14,13 +14,24 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import BadInput
-from . import bias_correction, cle
+from . import adaround, bias_correction, cle
 
-TRANSFORMS: dict[str, Callable] = {"cle": cle.transform, "bias_correction": bias_correction.transform}
+TRANSFORMS: dict[str, Callable] = {
+    "cle": cle.transform,
+    "bias_correction": bias_correction.transform,
+    "adaround": adaround.transform,
+}
 # What rebuilds a transformed model from the original and the recorded per-layer values (`inspect`).
-REBUILDERS: dict[str, Callable] = {"cle": cle.apply_scales, "bias_correction": bias_correction.apply_shifts}
+REBUILDERS: dict[str, Callable] = {
+    "cle": cle.apply_scales,
+    "bias_correction": bias_correction.apply_shifts,
+    "adaround": adaround.apply_kernels,
+}
 # Transforms that work on the target's weight grid: their options depend on the profile.
-ON_GRID = ("bias_correction",)
+ON_GRID = ("bias_correction", "adaround")
+# Where each may stand in a list: AdaRound puts the kernels on the grid, so it comes last (a later
+# rescaling would move them off it).
+LAST = ("adaround",)
 
 
 def apply(

@@ -14,6 +14,7 @@ brought to the (K, N) matrix AdaRound uses (columns: output channels, rows in Ke
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,9 @@ def _read(artifact: Path) -> tuple[str, list]:
 def _tflite(path: Path) -> list:
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(path))
+    with warnings.catch_warnings():  # "for debugging purposes only": without it the delegate repacks the weights
+        warnings.simplefilter("ignore")
+        it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     it.allocate_tensors()
     out = []
     for d in it.get_tensor_details():

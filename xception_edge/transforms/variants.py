@@ -24,12 +24,17 @@ def check_names(names, where: str) -> tuple[str, ...]:
     """Known transform names, each once; a one-line BadInput naming ``where`` otherwise."""
     from . import TRANSFORMS
 
+    from . import LAST
+
     names = tuple(names)
     for name in names:
         if name not in TRANSFORMS:
             raise BadInput(f"{where}: unknown transform {name!r}; known transforms: {', '.join(TRANSFORMS)} (or none)")
     if len(set(names)) != len(names):
         raise BadInput(f"{where}: a transform is listed twice ({', '.join(names)})")
+    for name in LAST:
+        if name in names[:-1]:
+            raise BadInput(f"{where}: {name} puts the weights on the target's grid and must come last ({', '.join(names)})")
     return names
 
 
@@ -66,10 +71,13 @@ def check_source(profiles: list[TargetProfile], src, model: str, *, asked: bool)
 def grid_params(profile: TargetProfile) -> dict:
     """The options of the profile's transforms that depend on its weight grid: symmetric per
     channel, -127..127, or -64..64 for ONNX Runtime's reduce_range (its quantizer's 7-bit range)."""
-    from . import ON_GRID
+    from . import ON_GRID, adaround
 
     qmax = 64 if profile.quantization.reduce_range else 127
-    return {name: {"weight_qmax": qmax} for name in profile.quantization.transforms if name in ON_GRID}
+    params = {name: {"weight_qmax": qmax} for name in profile.quantization.transforms if name in ON_GRID}
+    if "adaround" in params:  # measured per backend against the artifacts' own weights (grid_check)
+        params["adaround"] = adaround.grid_options(profile)
+    return params
 
 
 def variant_key(profile: TargetProfile) -> tuple:
