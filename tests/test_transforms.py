@@ -252,7 +252,7 @@ def test_unknown_transform_in_a_profile_and_a_savedmodel_source_are_exit_2(small
     path, train, _ = small_model
     toml = tmp_path / "mine.toml"
     builtin = (Path(__file__).parents[1] / "targets" / "arm64-litert-int8.toml").read_text()
-    toml.write_text(builtin.replace("[quantization]", '[quantization]\ntransforms = ["cle", "adaround9"]', 1))
+    toml.write_text(builtin.replace('transforms = ["cle"]', 'transforms = ["cle", "adaround9"]', 1))
     assert "adaround9" in toml.read_text()
     base = ["convert", "--calibration", str(train), "--out", str(tmp_path / "o")]
     r = CliRunner().invoke(cli, [*base, "--model", str(path), "--target", str(toml)])
