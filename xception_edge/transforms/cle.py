@@ -36,6 +36,7 @@ DEFAULTS = {
     "max_images": 32,  # calibration images used for activation ranges
     "eval_images": 8,  # images kept to measure the proxy of a conv -> BN -> ReLU -> conv pair
     "max_rows": 16384,  # pixels kept to measure the proxy of a separable pair
+    "memory_mb": 1024,  # bound on the activations held at once (full-size Xception at 299 px needs it)
     "activation": "asymmetric",  # activation fake-quantization: "asymmetric" (min-max) or "symmetric"
     "weight_bits": 8,  # 7 for ONNX Runtime's reduce_range
     "tolerance": 1e-4,  # max |Δp| of the softmax outputs allowed on the verification images
@@ -122,7 +123,15 @@ def clone(model):
     return new
 
 
-def predict(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
+def per_pass(model, most: int = 16) -> int:
+    """Images per forward pass: a whole Xception forward at 299 px holds ~180 MB of activations per
+    image (measured), so 2 there, and up to ``most`` on small inputs."""
+    h, w = model.input_shape[1:3]
+    return int(max(1, min(most, 180_000 // max(1, (h or 1) * (w or 1)))))
+
+
+def predict(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
+    batch = batch or per_pass(model)
     outs = [np.asarray(model(images[i : i + batch], training=False)) for i in range(0, len(images), batch)]
     return np.concatenate(outs).astype(np.float64)
 
@@ -139,7 +148,7 @@ def _options(options: dict) -> dict:
         raise BadInput(f"cle: activation {opts['activation']!r} must be 'asymmetric' or 'symmetric'")
     if opts["weight_bits"] not in range(2, 9):
         raise BadInput(f"cle: weight_bits {opts['weight_bits']!r} must be an integer from 2 to 8")
-    for key in ("max_images", "eval_images", "max_rows"):
+    for key in ("max_images", "eval_images", "max_rows", "memory_mb"):
         if int(opts[key]) < 1:
             raise BadInput(f"cle: {key} {opts[key]} must be at least 1")
     return opts
@@ -219,14 +228,28 @@ def _bn_relu_pairs(model) -> list[_Pair]:
 # -- activations ---------------------------------------------------------------------------------
 
 
-def _collect(model, pairs: list[_Pair], images: np.ndarray, opts: dict, batch: int = 8) -> None:
-    """Per-channel ranges of every pair's intermediate tensor on ``images`` (one pass, batched)
-    and a sample of it to measure the proxy on. A separable pair's intermediate tensor (the
-    depthwise output) is computed here from the layer's input: Keras does not expose it."""
+def _budget(model, pairs: list[_Pair], opts: dict) -> tuple[int, dict[int, int], dict[int, int]]:
+    """Within ``memory_mb``: images per forward pass (every pair's input of each image is held at
+    once), and per pair the rows (separable) or whole images (conv -> BN pairs) kept for the proxy."""
+    budget = float(opts["memory_mb"]) * 2**20 / 4  # float32 values
+    sizes = {id(p): int(np.prod(p.layer.input.shape[1:])) for p in pairs}
+    batch = int(max(1, min(per_pass(model, 8), budget / 2 // max(1, sum(sizes.values())))))
+    share = budget / 2 / max(1, len(pairs))  # the other half: what the proxy keeps
+    rows = {id(p): int(max(256, min(opts["max_rows"], share // p.layer.input.shape[-1]))) for p in pairs}
+    whole = {id(p): int(max(1, min(opts["eval_images"], share // sizes[id(p)]))) for p in pairs}
+    return batch, rows, whole
+
+
+def _collect(model, pairs: list[_Pair], images: np.ndarray, opts: dict) -> None:
+    """Per-channel ranges of every pair's intermediate tensor on ``images`` (one pass, batched
+    within ``memory_mb``) and a sample of it to measure the proxy on. A separable pair's
+    intermediate tensor (the depthwise output) is computed here from the layer's input: Keras
+    does not expose it."""
     keras = frameworks.keras()
     sub = keras.Model(model.inputs, [pair.layer.input for pair in pairs])
     rng = np.random.default_rng(0)
-    per_batch = max(1, int(opts["max_rows"]) // max(1, -(-len(images) // batch)))
+    batch, rows_kept, whole_kept = _budget(model, pairs, opts)
+    batches = max(1, -(-len(images) // batch))
     for i in range(0, len(images), batch):
         outs = sub(images[i : i + batch], training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
@@ -238,10 +261,10 @@ def _collect(model, pairs: list[_Pair], images: np.ndarray, opts: dict, batch: i
             pair.cmin = lo if pair.cmin is None else np.minimum(pair.cmin, lo)
             pair.cmax = hi if pair.cmax is None else np.maximum(pair.cmax, hi)
             if pair.kind == "separable":
-                rows = x.reshape(-1, x.shape[-1])
+                rows, per_batch = x.reshape(-1, x.shape[-1]), max(1, rows_kept[id(pair)] // batches)
                 pair.samples.append(rows[rng.choice(len(rows), min(per_batch, len(rows)), replace=False)])
-            elif sum(len(s) for s in pair.samples) < opts["eval_images"]:
-                pair.samples.append(x[: opts["eval_images"] - sum(len(s) for s in pair.samples)])
+            elif sum(len(s) for s in pair.samples) < whole_kept[id(pair)]:
+                pair.samples.append(x[: whole_kept[id(pair)] - sum(len(s) for s in pair.samples)])
 
 
 # -- scales --------------------------------------------------------------------------------------
