@@ -44,6 +44,6 @@ bench: $(STAMP)
 	$(MAKE) bench-accuracy
 
 # int8 accuracy on the demo's val_hard, each int8 target (with each transform) beside each
-# vendor's default recipe, latency side by side: bench/accuracy.{json,md}, ~6 minutes.
+# vendor's default recipe, latency side by side: bench/accuracy.{json,md}, ~15 minutes (AdaRound included).
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy_table.py
