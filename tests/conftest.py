@@ -180,3 +180,24 @@ def older_python() -> str | None:
             if found and subprocess.run([str(found), "-c", "pass"], capture_output=True).returncode == 0:
                 return str(found)
     return None
+
+
+# Helpers of the transform tests (tests/test_transforms.py, test_bias_correction.py).
+def images(folder) -> np.ndarray:
+    """Every image of ``folder``, preprocessed for the 71 px small model."""
+    from xception_edge.preprocess import PreprocessSpec, list_images, load_images
+
+    x, failed = load_images(list_images(folder), PreprocessSpec(71, 71))
+    assert not failed
+    return x
+
+
+def load(path):
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+def probs(model, x) -> np.ndarray:
+    """The model's softmax outputs in batches of 16, as float64."""
+    return np.concatenate([np.asarray(model(x[i : i + 16], training=False)) for i in range(0, len(x), 16)]).astype(np.float64)

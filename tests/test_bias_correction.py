@@ -9,27 +9,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import images, load, probs
 
 from xception_edge.errors import BadInput, ConversionFailed
-from xception_edge.preprocess import PreprocessSpec, list_images, load_images
 from xception_edge.transforms import TRANSFORMS, apply, bias_correction
 from xception_edge.transforms.bias_correction import quantize, weight_quantized
-
-
-def images(folder):
-    x, failed = load_images(list_images(folder), PreprocessSpec(71, 71))
-    assert not failed
-    return x
-
-
-def load(path):
-    import keras
-
-    return keras.models.load_model(path, compile=False)
-
-
-def probs(model, x):
-    return np.concatenate([np.asarray(model(x[i : i + 16], training=False)) for i in range(0, len(x), 16)]).astype(np.float64)
 
 
 def logits(model, x):

@@ -8,28 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import images, load, probs
 
 from xception_edge.errors import BadInput
-from xception_edge.preprocess import PreprocessSpec, list_images, load_images
 from xception_edge.transforms import apply
 
 INT8 = ["arm64-litert-int8", "x86-openvino-int8", "x86-onnxruntime-int8"]
-
-
-def images(folder):
-    x, failed = load_images(list_images(folder), PreprocessSpec(71, 71))
-    assert not failed
-    return x
-
-
-def load(path):
-    import keras
-
-    return keras.models.load_model(path, compile=False)
-
-
-def probs(model, x):
-    return np.concatenate([np.asarray(model(x[i : i + 16], training=False)) for i in range(0, len(x), 16)])
 
 
 def depthwise_ranges(model, layer_name, x):
@@ -217,6 +201,7 @@ def test_depth_multiplier_and_bn_relu_chains_stay_exact():
         (["--transform", "smooth"], "--transform: unknown transform 'smooth'; known transforms: cle"),
         (["--transform", "none", "--transform", "cle"], "--transform none turns every transform off"),
         (["--transform", "cle", "--transform", "cle"], "a transform is listed twice"),
+        (["--transform", "adaround", "--transform", "cle"], "adaround puts the weights on the target's grid and must come last"),
     ],
 )
 def test_bad_transform_on_the_command_line_is_exit_2(small_model, tmp_path, args, words):

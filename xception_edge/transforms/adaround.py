@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import frameworks
 from ..errors import BadInput, ConversionFailed
+from .options import merge as options_merge
 from . import proxy
 from .cle import _kind, _plain, clone, predict
 
@@ -142,12 +143,7 @@ def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarra
 
 
 def _options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise BadInput(f"adaround: unknown option(s) {', '.join(unknown)}; known options: {', '.join(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
-    if opts["weight_bits"] not in range(2, 9):
-        raise BadInput(f"adaround: weight_bits {opts['weight_bits']!r} must be an integer from 2 to 8")
+    opts = options_merge("adaround", options, DEFAULTS)
     if opts["weight_qmax"] is None:
         opts["weight_qmax"] = 2 ** (int(opts["weight_bits"]) - 1) - 1
     if opts["depthwise_qmax"] is None:

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import console, frameworks
 from ..errors import BadInput, ConversionFailed
+from .options import merge as options_merge
 from . import proxy
 from .cle import _kind, _plain, _producer, clone, predict
 
@@ -109,12 +110,7 @@ def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarra
 
 
 def _options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise BadInput(f"bias_correction: unknown option(s) {', '.join(unknown)}; known options: {', '.join(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
-    if opts["weight_bits"] not in range(2, 9):
-        raise BadInput(f"bias_correction: weight_bits {opts['weight_bits']!r} must be an integer from 2 to 8")
+    opts = options_merge("bias_correction", options, DEFAULTS)
     if opts["weight_qmax"] is not None and not (isinstance(opts["weight_qmax"], int) and 1 <= opts["weight_qmax"] <= 127):
         raise BadInput(f"bias_correction: weight_qmax {opts['weight_qmax']!r} must be an integer from 1 to 127")
     for key in ("max_images", "batch"):

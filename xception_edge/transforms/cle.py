@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from .. import console, frameworks
+from .options import merge as options_merge
 from . import proxy
 from ..errors import BadInput, ConversionFailed
 
@@ -137,17 +138,12 @@ def predict(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
 
 
 def _options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise BadInput(f"cle: unknown option(s) {', '.join(unknown)}; known options: {', '.join(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
+    opts = options_merge("cle", options, DEFAULTS)
     opts["alphas"] = tuple(float(a) for a in opts["alphas"])
     if not all(0.0 <= a <= 1.0 for a in opts["alphas"]):
         raise BadInput(f"cle: alphas {opts['alphas']} must lie in [0, 1] (SmoothQuant's migration strength)")
     if opts["activation"] not in ("asymmetric", "symmetric"):
         raise BadInput(f"cle: activation {opts['activation']!r} must be 'asymmetric' or 'symmetric'")
-    if opts["weight_bits"] not in range(2, 9):
-        raise BadInput(f"cle: weight_bits {opts['weight_bits']!r} must be an integer from 2 to 8")
     for key in ("max_images", "eval_images", "max_rows", "memory_mb"):
         if int(opts[key]) < 1:
             raise BadInput(f"cle: {key} {opts[key]} must be at least 1")
