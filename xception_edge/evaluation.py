@@ -175,8 +175,7 @@ def _run_evaluate(req: EvaluateRequest) -> Report:
     _check_report_dir(Path(req.report))
     t_start = time.perf_counter()
     run = _open_run(req, tuple(arts), spec, labels, data)
-    keras, reference, artifacts, timing = _results(run)
-    devices = timing.pop("device_rows")
+    keras, reference, artifacts, devices, timing = _results(run)
     timing["total_seconds"] = time.perf_counter() - t_start
     report = dataclasses.replace(_assemble(run, keras, reference, artifacts, timing), devices=tuple(devices))
     files = write_report(report, Path(req.report))
@@ -202,19 +201,19 @@ def _open_run(req: EvaluateRequest, arts: tuple[Artifact, ...], spec: Preprocess
     return _Run(req, arts, spec, labels, data, data_sha, here, store, keras_key, art_keys, req.device)
 
 
-def _results(run: _Run) -> tuple[dict, ReportRow, list[ReportRow], dict]:
-    """The Keras result, its row, every artifact's row (reused or computed; with ``device`` rows
-    in the timing's ``device_rows``), and the timing."""
+def _results(run: _Run) -> tuple[dict, ReportRow, list[ReportRow], list[ReportRow], dict]:
+    """The Keras result, its row, every artifact's row and every device row (reused or
+    computed), and the timing."""
     keras_cached = run.store.load(KERAS, run.keras_key, keras=True) if run.keras_key else None
     cached = {a.name: run.store.load(a.name, run.art_keys[a.name]) for a in run.arts}
     reused = [n for n, c in cached.items() if c] + ([KERAS] if keras_cached else [])
     if reused:
         console.info(f"--resume: reusing {len(reused)} finished result(s) from {run.store.folder}: {', '.join(reused)}")
     todo = [a for a in run.arts if not cached[a.name]]
-    keras, rows, timing = keras_cached, {}, {}
+    keras, rows, device_rows, timing = keras_cached, {}, {}, {}
     try:
         if not (keras_cached and not todo):
-            keras, rows, timing = _compute(run, todo, keras_cached)
+            keras, rows, device_rows, timing = _compute(run, todo, keras_cached)
     except KeyboardInterrupt:
         done = len(run.store.used)
         if done:
@@ -223,7 +222,6 @@ def _results(run: _Run) -> tuple[dict, ReportRow, list[ReportRow], dict]:
             )
         raise
     rows |= {name: dataclasses.replace(c["row"], reused=True) for name, c in cached.items() if c}
-    device_rows = timing.pop("device_rows", {})
     device_rows |= {
         name: dataclasses.replace(c["device_row"], reused=True) for name, c in cached.items() if c and c.get("device_row")
     }
@@ -235,7 +233,7 @@ def _results(run: _Run) -> tuple[dict, ReportRow, list[ReportRow], dict]:
         for a in run.arts
         if a.name in device_rows
     ]
-    return keras, reference, artifacts, {**timing, "device_rows": devices}
+    return keras, reference, artifacts, devices, timing
 
 
 def _assemble(run: _Run, keras: dict, reference: ReportRow, artifacts: list[ReportRow], timing: dict) -> Report:
@@ -261,9 +259,9 @@ def _assemble(run: _Run, keras: dict, reference: ReportRow, artifacts: list[Repo
     )
 
 
-def _compute(run: _Run, todo: list[Artifact], keras_cached: dict | None) -> tuple[dict, dict[str, ReportRow], dict]:
+def _compute(run: _Run, todo: list[Artifact], keras_cached: dict | None) -> tuple[dict, dict, dict, dict]:
     """Decode once (in the background), run Keras unless cached, then every artifact not cached;
-    (the Keras result, the new artifact rows by name, the timing)."""
+    (the Keras result, the new artifact rows and device rows by name, the timing)."""
     from .evaluation_keras import keras_pass, load_model
     from .imagefeed import ImageFeed
 
@@ -281,17 +279,16 @@ def _compute(run: _Run, todo: list[Artifact], keras_cached: dict | None) -> tupl
             if run.keras_key:
                 run.store.save(KERAS, run.keras_key, keras)
         shared = _shared(run, feed, keras)
-        rows = {}
+        rows, device_rows = {}, {}
         timing["artifact_seconds"] = {}
-        timing["device_rows"] = {}
         for a in todo:
             row, on_device = _artifact_row(run, a, shared)
             run.store.save(a.name, run.art_keys[a.name], {"row": row, "device_row": on_device})
             rows[a.name] = dataclasses.replace(row, reused=False)
             timing["artifact_seconds"][a.name] = row.seconds
             if on_device is not None:
-                timing["device_rows"][a.name] = on_device
-    return keras, rows, timing
+                device_rows[a.name] = on_device
+    return keras, rows, device_rows, timing
 
 
 def _shared(run: _Run, feed, keras: dict) -> _Shared:

@@ -132,8 +132,11 @@ def rebuild(model, manifest, folder: Path):
     """The Keras model ``manifest``'s artifact was converted from, given the model before its
     transforms: the recorded scales re-applied. ``model`` when none were applied."""
     table = manifest.transforms or {}
-    if not table.get("applied"):
+    applied = table.get("applied")
+    if not applied:
         return model
+    if not (isinstance(applied, list) and all(isinstance(a, str) for a in applied)):
+        raise BadInput(f"{folder}/manifest.json: 'transforms.applied' must be a list of transform names; convert it again")
     name = table.get("scales_file")
     if name != SCALES_FILE or SCALES_FILE not in manifest.files:
         raise BadInput(f"{folder}: its manifest records transforms {table['applied']} but no {SCALES_FILE}; convert it again")
