@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import results_sections  # noqa: E402
 import vendor_defaults  # noqa: E402
 
 THREADS = 2
@@ -457,6 +459,8 @@ def main() -> None:
     }
     args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     args.md.write_text(markdown(result))
+    if args.md == HERE / "accuracy.md":  # the default run: also bench/results.md's accuracy section
+        results_sections.put_section("int8-accuracy", re.sub(r"^(#+) ", r"#\1 ", markdown(result), flags=re.M))
     print("\n" + table(rows) + f"\n\nwall time {result['wall_seconds'] / 60:.1f} min; wrote {args.json} and {args.md}")
 
 

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import results_sections  # bench/results_sections.py (this folder is the script's own)
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 THREADS = 2
@@ -151,7 +153,7 @@ def main() -> None:
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     md = markdown(results, keras_ms)
-    (HERE / "results.md").write_text("\n".join(md) + "\n")
+    results_sections.write_body(md, HERE / "results.md")  # keeps accuracy_table.py's section
     print("\n".join(md))
 
 

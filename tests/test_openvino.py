@@ -149,6 +149,9 @@ def test_manifest_io_and_tools(converted):
         "preset": "performance",
         "subset_size": 60,
         "fast_bias_correction": True,
+        "disable_bias_correction": True,
+        "activations_range": "minmax",
+        "overflow_fix": "enable",
         "per_channel_weights": True,
         "ignored_scope": [],
     }

@@ -60,6 +60,18 @@ def test_unknown_key_names_key_and_file(tmp_path):
         ),
         ('name = "x"\nbackend = "litert"\nformat = "tflite"\n', "missing required key 'precision'"),
         ('name = "x\nbackend', "not valid TOML"),
+        (
+            'name = "x"\nbackend = "openvino"\nformat = "openvino-ir"\nprecision = "int8"\n[quantization]\nactivations_range = "max"\n',
+            r"\[quantization\] activations_range = 'max' is not one of: minmax, mean_minmax, histogram",
+        ),
+        (
+            'name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "int8"\n[quantization]\ndisable_bias_correction = true\n',
+            "disable_bias_correction is an openvino setting; remove it for backend litert",
+        ),
+        (
+            'name = "x"\nbackend = "openvino"\nformat = "openvino-ir"\nprecision = "int8"\n[quantization]\ndisable_bias_correction = 1\n',
+            "disable_bias_correction must be true or false",
+        ),
     ],
 )
 def test_malformed_profiles_are_one_line_errors(tmp_path, body, match):
@@ -177,6 +189,7 @@ def _backend_profile(tmp_path, spec, quantization: str):
 
 
 OWNED_SETTINGS = sorted({key for spec in backends.registry().values() for key in spec.settings})
+OTHER_VALUES = {"activations_range": "minmax"}  # a value other than the default, for settings that are not bools
 
 
 @pytest.mark.parametrize("setting", OWNED_SETTINGS)
@@ -184,11 +197,13 @@ def test_a_backends_own_setting_is_refused_for_every_other_backend(tmp_path, set
     """[quantization] keys a backend's spec owns (``settings``, e.g. onnxruntime's x86_without_vnni):
     its own profiles take them, every other backend's profile is a one-line BadInput naming the owner."""
     default = getattr(QuantSpec(), setting)
-    assert isinstance(default, bool)  # a setting of another kind needs a value here
+    other = OTHER_VALUES.get(setting, not default)
+    assert other != default  # a setting that is not a bool needs its other value in OTHER_VALUES
+    toml = str(other).lower() if isinstance(other, bool) else f'"{other}"'
     for spec in backends.registry().values():
-        prof = _backend_profile(tmp_path, spec, f"{setting} = {str(not default).lower()}")
+        prof = _backend_profile(tmp_path, spec, f"{setting} = {toml}")
         if setting in spec.settings:
-            assert getattr(load_profile(prof).quantization, setting) is (not default)
+            assert getattr(load_profile(prof).quantization, setting) == other
         else:
             owners = " or ".join(s.name for s in backends.registry().values() if setting in s.settings)
             with pytest.raises(BadInput, match=rf"{setting} is an? {owners} setting; remove it for backend {spec.name}"):

@@ -34,6 +34,8 @@ class QuantSpec:
     calibration_method: str = "minmax"  # minmax | entropy | percentile (ONNX Runtime)
     preset: str = "performance"  # NNCF: performance | mixed
     fast_bias_correction: bool = True  # NNCF
+    disable_bias_correction: bool = False  # NNCF: no bias correction at all (AdvancedQuantizationParameters)
+    activations_range: str = "mean_minmax"  # NNCF: activation range estimator, minmax | mean_minmax | histogram
     overflow_fix: str = "first_layer"  # NNCF: enable | first_layer | disable (7-bit weights against AVX2 saturation)
     subset_size: int | None = None  # NNCF: calibration images used for statistics (None: all of them)
     ignored_scope: tuple[str, ...] = ()  # layer names kept in float

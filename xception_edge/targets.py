@@ -178,6 +178,7 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
         ("calibration_method", q.calibration_method, ("minmax", "entropy", "percentile")),
         ("preset", q.preset, ("performance", "mixed")),
         ("overflow_fix", q.overflow_fix, ("enable", "first_layer", "disable")),
+        ("activations_range", q.activations_range, ("minmax", "mean_minmax", "histogram")),
     ):
         if value not in allowed:
             raise BadInput(f"{path}: [quantization] {key} = {value!r} is not one of: {', '.join(allowed)}")

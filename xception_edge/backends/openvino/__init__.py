@@ -23,6 +23,7 @@ SPEC = BackendSpec(
     float_io_only=True,
     accuracy_control=True,
     check_profile=check_profile,
+    settings=("disable_bias_correction", "activations_range"),
     convert_requires=(("tensorflow", "convert"), ("keras", "convert"), ("openvino", "openvino")),
     quantize_requires=(("nncf", "convert"),),
     native_scope=r".*/.*|[A-Z][A-Za-z0-9]*_\d+",

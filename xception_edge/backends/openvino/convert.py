@@ -129,17 +129,29 @@ def _nncf_progress_to_stderr():
 # [quantization] overflow_fix -> NNCF's OverflowFix: 7-bit weights where AVX2/AVX-512 (no VNNI)
 # int8 kernels would saturate their 16-bit intermediate sums.
 OVERFLOW_FIX = {"enable": "enable", "first_layer": "first_layer_only", "disable": "disable"}
+# [quantization] activations_range -> NNCF's RangeEstimatorParametersSet for the (per-tensor)
+# activation quantizers: NNCF's default averages each image's min and max (mean_minmax); minmax
+# takes the extremes over all the calibration images, as TFLite's and ONNX Runtime's calibrators do.
+ACTIVATIONS_RANGE = {"minmax": "MINMAX", "mean_minmax": "MEAN_MINMAX", "histogram": "HISTOGRAM"}
 
 
 def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: list[str], accuracy_control=None, layer_ops=None):
     nncf = guarded_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     q = profile.quantization
     subset = min(q.subset_size or len(calib), len(calib))
     advanced = AdvancedQuantizationParameters(
         weights_quantization_params=QuantizationParameters(per_channel=profile.per_channel),
         overflow_fix=OverflowFix(OVERFLOW_FIX[q.overflow_fix]),
+        disable_bias_correction=q.disable_bias_correction,
+        # mean_minmax is NNCF's own default: left to it (None)
+        activations_range_estimator_params=(
+            None
+            if q.activations_range == "mean_minmax"
+            else getattr(RangeEstimatorParametersSet, ACTIVATIONS_RANGE[q.activations_range])
+        ),
     )
     kwargs = {
         "preset": nncf.QuantizationPreset(q.preset),
@@ -170,6 +182,9 @@ def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: lis
             "preset": q.preset,
             "subset_size": subset,
             "fast_bias_correction": q.fast_bias_correction,
+            "disable_bias_correction": q.disable_bias_correction,
+            "activations_range": q.activations_range,
+            "overflow_fix": q.overflow_fix,
             "per_channel_weights": profile.per_channel,
             "ignored_scope": ignored,
         },
