@@ -5,6 +5,7 @@ the measured numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -287,3 +288,35 @@ def test_convert_with_cle_and_bias_correction_on_each_targets_grid(small_model, 
     result = xe.inspect(tmp_path / "a" / "arm64-litert-int8", path, train, report=tmp_path / "inspect", num_images=8)
     weighted = [e for e in result["artifacts"][0]["layers"] if e["layer"] and e["kind"] != "other"]
     assert weighted and min(e["sqnr_db"] for e in weighted) > 10, [(e["layer"], e["sqnr_db"]) for e in weighted]
+
+
+def test_nncf_overflow_fix_grid_half_step_and_depthwise(data):
+    """OpenVINO with NNCF's overflow fix (x86-openvino-int8) quantizes Convolution and MatMul weights
+    with s = max|w| / 63.5 (codes -64..64, the largest weight on the tie) and depthwise kernels with
+    / 127 (grid_check measured it on the artifacts): bias correction corrects for that grid, which
+    the profile's grid_params hands it."""
+    from xception_edge.targets import resolve_target
+    from xception_edge.transforms.bias_correction import Grid
+    from xception_edge.transforms.variants import grid_params
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 3, 8, 5))
+    q = quantize(w, (0, 1, 2), 63.5)
+    scale = np.abs(w).max(axis=(0, 1, 2)) / 63.5
+    codes = q / scale
+    assert np.allclose(codes, np.round(codes), atol=1e-3) and np.abs(np.round(codes)).max() == 64
+    assert np.allclose(np.abs(codes).max(axis=(0, 1, 2)), 64, atol=1e-3)  # each channel's largest weight
+    model, _, _ = data
+    sep = next(layer for layer in model.layers if type(layer).__name__ == "SeparableConv2D")
+    qm = weight_quantized(model, [sep.name], qmax=Grid(63.5, 127))
+    dw, pw = qm.get_layer(sep.name).depthwise_kernel.numpy(), qm.get_layer(sep.name).pointwise_kernel.numpy()
+    assert np.allclose(dw, quantize(sep.depthwise_kernel.numpy(), (0, 1), 127))
+    assert np.allclose(pw, quantize(sep.pointwise_kernel.numpy(), (0, 1, 2), 63.5))
+    assert not np.allclose(pw, quantize(sep.pointwise_kernel.numpy(), (0, 1, 2), 127))
+    ov = resolve_target("x86-openvino-int8")
+    ov = dataclasses.replace(ov, quantization=dataclasses.replace(ov.quantization, transforms=("cle", "bias_correction")))
+    assert grid_params(ov) == {"bias_correction": {"weight_qmax": 63.5, "depthwise_qmax": 127}}
+    with pytest.raises(BadInput, match=r"weight_qmax 63.3 must be a whole or half number"):
+        bias_correction.transform(
+            model, np.zeros((1, 32, 32, 3), np.float32), verify_images=np.zeros((1, 32, 32, 3), np.float32), weight_qmax=63.3
+        )

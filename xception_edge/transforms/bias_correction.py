@@ -28,6 +28,7 @@ agrees with the original float model before and after the correction.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -40,7 +41,9 @@ from .cle import _kind, _plain, _producer, clone, predict
 
 DEFAULTS = {
     "weight_bits": 8,  # 8: int8 (-127..127); 7 for ONNX Runtime's reduce_range (see weight_qmax)
-    "weight_qmax": None,  # the grid's top level; None: 2**(bits-1) - 1; ORT reduce_range int8: 64
+    "weight_qmax": None,  # the grid's divisor d (s = max|w| / d); None: 2**(bits-1) - 1; ORT reduce_range: 64
+    "depthwise_qmax": None,  # d for depthwise kernels (None: weight_qmax); NNCF's overflow fix: 63.5, depthwise 127
+    "layer_qmax": None,  # {layer name: d} for single layers (NNCF's overflow_fix = "first_layer")
     "max_images": 64,  # calibration images the shifts are measured on
     "layers": None,  # layer names to correct; None: every eligible layer
     "batch": 8,  # images per forward pass while measuring
@@ -71,6 +74,7 @@ def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarra
     opts = _options(options)
     t0 = time.perf_counter()
     qmax = _qmax(opts)
+    grid = Grid(qmax, opts["depthwise_qmax"], opts["layer_qmax"])
     new = clone(model)
     record = {"name": "bias_correction", "params": dict(opts, weight_qmax=qmax), "layers": [], "max_abs_dp": 0.0}
     if calibration is None or not len(calibration):
@@ -79,7 +83,7 @@ def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarra
     record["skipped"] = skipped
     images = np.asarray(calibration, np.float32)[: int(opts["max_images"])]
     record["images"] = len(images)
-    _measure(new, sites, images, qmax, int(opts["batch"]))
+    _measure(new, sites, images, grid, int(opts["batch"]))
     for site in sites:
         _correct(site, site.delta)
     record["layers"] = [_entry(site) for site in sites]
@@ -89,8 +93,8 @@ def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarra
     record["max_abs_dp"] = diff
     names = [site.layer.name for site in sites]
     record["weight_quantized"] = {
-        "before": _agreement(weight_quantized(model, names, qmax=qmax), verify_images, ref),
-        "after": _agreement(weight_quantized(new, names, qmax=qmax), verify_images, ref),
+        "before": _agreement(weight_quantized(model, names, qmax=grid), verify_images, ref),
+        "after": _agreement(weight_quantized(new, names, qmax=grid), verify_images, ref),
     }
     record["seconds"] = round(time.perf_counter() - t0, 2)
     if not diff <= opts["tolerance"]:
@@ -111,8 +115,14 @@ def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarra
 
 def _options(options: dict) -> dict:
     opts = options_merge("bias_correction", options, DEFAULTS)
-    if opts["weight_qmax"] is not None and not (isinstance(opts["weight_qmax"], int) and 1 <= opts["weight_qmax"] <= 127):
-        raise BadInput(f"bias_correction: weight_qmax {opts['weight_qmax']!r} must be an integer from 1 to 127")
+    for key in ("weight_qmax", "depthwise_qmax"):
+        _check_qmax(opts[key], key)
+    layer_qmax = opts["layer_qmax"] or {}
+    if not isinstance(layer_qmax, dict):
+        raise BadInput(f"bias_correction: layer_qmax must map layer names to grid divisors, got {layer_qmax!r}")
+    for name, d in layer_qmax.items():
+        _check_qmax(d, f"layer_qmax[{name!r}]")
+    opts["layer_qmax"] = {str(k): float(v) for k, v in layer_qmax.items()} or None
     for key in ("max_images", "batch"):
         if int(opts[key]) < 1:
             raise BadInput(f"bias_correction: {key} {opts[key]} must be at least 1")
@@ -123,37 +133,64 @@ def _options(options: dict) -> dict:
     return opts
 
 
-def _qmax(opts: dict) -> int:
-    return int(opts["weight_qmax"]) if opts["weight_qmax"] is not None else 2 ** (int(opts["weight_bits"]) - 1) - 1
+def _check_qmax(d, what: str) -> None:
+    """A grid divisor: a whole or half number from 1 to 127 (63.5 is NNCF's overflow-fix grid)."""
+    if d is None:
+        return
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 1 <= d <= 127 or (2 * d) % 1:
+        raise BadInput(f"bias_correction: {what} {d!r} must be a whole or half number from 1 to 127 (e.g. 127, 64, 63.5)")
+
+
+def _qmax(opts: dict) -> float:
+    return opts["weight_qmax"] if opts["weight_qmax"] is not None else 2 ** (int(opts["weight_bits"]) - 1) - 1
+
+
+class Grid:
+    """Which divisor d each kernel is quantized with: ``qmax`` by default, ``depthwise`` for
+    depthwise kernels, ``layers`` for named layers (both kernels of a separable layer)."""
+
+    def __init__(self, qmax: float, depthwise: float | None = None, layers: dict | None = None):
+        self.qmax, self.depthwise, self.layers = qmax, depthwise, dict(layers or {})
+
+    def of(self, layer, depthwise: bool = False) -> float:
+        if layer.name in self.layers:
+            return self.layers[layer.name]
+        return self.depthwise if depthwise and self.depthwise is not None else self.qmax
+
+
+def _grid(qmax) -> Grid:
+    return qmax if isinstance(qmax, Grid) else Grid(qmax)
 
 
 # -- the weight grid -----------------------------------------------------------------------------
 
 
-def quantize(w: np.ndarray, axes: tuple, qmax: int) -> np.ndarray:
-    """Symmetric per-output-channel fake quantization on -qmax..qmax (``axes``: the axes reduced
-    per channel); an all-zero channel stays zero."""
+def quantize(w: np.ndarray, axes: tuple, qmax: float) -> np.ndarray:
+    """Symmetric per-output-channel fake quantization with s = max|w| / qmax, codes within
+    -ceil(qmax)..ceil(qmax) (``axes``: the axes reduced per channel; qmax 63.5 is NNCF's overflow-fix
+    grid, codes -64..64 with the channel's largest weight on the tie); an all-zero channel stays zero."""
     w64 = np.asarray(w, np.float64)
     top = np.abs(w64).max(axis=axes, keepdims=True)
     scale = np.where(top > 0, top / qmax, 1.0)
-    return (np.clip(np.round(w64 / scale), -qmax, qmax) * scale).astype(np.float32)
+    limit = math.ceil(qmax)
+    return (np.clip(np.round(w64 / scale), -limit, limit) * scale).astype(np.float32)
 
 
-def _quantized_kernels(layer, qmax: int) -> dict[str, np.ndarray]:
+def _quantized_kernels(layer, qmax) -> dict[str, np.ndarray]:
     """{variable attribute: Q(kernel)} of a layer, each kernel on its backend's per-channel grid."""
-    kind = _kind(layer)
+    grid, kind = _grid(qmax), _kind(layer)
     if kind == "SeparableConv2D":
         return {
-            "depthwise_kernel": quantize(layer.depthwise_kernel.numpy(), (0, 1), qmax),
-            "pointwise_kernel": quantize(layer.pointwise_kernel.numpy(), (0, 1, 2), qmax),
+            "depthwise_kernel": quantize(layer.depthwise_kernel.numpy(), (0, 1), grid.of(layer, depthwise=True)),
+            "pointwise_kernel": quantize(layer.pointwise_kernel.numpy(), (0, 1, 2), grid.of(layer)),
         }
     if kind == "DepthwiseConv2D":
-        return {"kernel": quantize(layer.kernel.numpy(), (0, 1), qmax)}
+        return {"kernel": quantize(layer.kernel.numpy(), (0, 1), grid.of(layer, depthwise=True))}
     axes = (0,) if kind == "Dense" else (0, 1, 2)
-    return {"kernel": quantize(layer.kernel.numpy(), axes, qmax)}
+    return {"kernel": quantize(layer.kernel.numpy(), axes, grid.of(layer))}
 
 
-def weight_quantized(model, layer_names, *, qmax: int = 127):
+def weight_quantized(model, layer_names, *, qmax: float | Grid = 127):
     """A copy of ``model`` whose named layers' kernels are replaced by Q(kernel) (weights only:
     activations, BN and biases stay float)."""
     new = clone(model)
@@ -235,7 +272,7 @@ def _sites(model, names: list[str] | None) -> tuple[list[_Site], list[dict]]:
 # -- the shifts ----------------------------------------------------------------------------------
 
 
-def _measure(model, sites: list[_Site], images: np.ndarray, qmax: int, batch: int) -> None:
+def _measure(model, sites: list[_Site], images: np.ndarray, qmax: Grid, batch: int) -> None:
     """Every site's delta: the mean over images and positions of its output with Q(kernels) minus
     with the float kernels, on its real input (one forward pass of the float model per batch)."""
     if not sites:

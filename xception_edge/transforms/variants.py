@@ -73,11 +73,10 @@ def grid_params(profile: TargetProfile) -> dict:
     channel, -127..127, or -64..64 for ONNX Runtime's reduce_range (its quantizer's 7-bit range)."""
     from . import ON_GRID, adaround
 
-    qmax = 64 if profile.quantization.reduce_range else 127
-    params = {name: {"weight_qmax": qmax} for name in profile.quantization.transforms if name in ON_GRID}
-    if "adaround" in params:  # measured per backend against the artifacts' own weights (grid_check)
-        params["adaround"] = adaround.grid_options(profile)
-    return params
+    # the grid as measured per backend against the artifacts' own weights (grid_check): NNCF's
+    # overflow fix puts Convolution and MatMul weights on / 63.5 and leaves depthwise at / 127
+    grid = adaround.grid_options(profile)
+    return {name: dict(grid) for name in profile.quantization.transforms if name in ON_GRID}
 
 
 def variant_key(profile: TargetProfile) -> tuple:
