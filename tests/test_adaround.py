@@ -111,11 +111,40 @@ def test_half_range_grid_keeps_each_channel_largest_weight(data):
     assert np.array_equal(untouched, model.get_layer("block2_sepconv2").get_weights()[0])
 
 
+def test_kinds_rounds_only_the_depthwise_kernels(data):
+    """``kinds=["depthwise"]``: the cheap variant (9 weights a channel), pointwise kernels left as they are."""
+    from xception_edge.transforms import adaround
+
+    model, cal, verify = data
+    new, record = adaround.transform(
+        model,
+        cal,
+        verify_images=verify,
+        iterations=20,
+        max_images=8,
+        layers=["block1_conv1", "block2_sepconv1"],
+        kinds=["depthwise"],
+    )
+    assert [(e["layer"], e["kind"]) for e in record["layers"]] == [("block2_sepconv1", "depthwise")]
+    assert record["params"]["kinds"] == ["depthwise"]
+    old, sep = model.get_layer("block2_sepconv1"), new.get_layer("block2_sepconv1")
+    assert np.array_equal(sep.pointwise_kernel.numpy(), old.pointwise_kernel.numpy())
+    assert not np.array_equal(sep.depthwise_kernel.numpy(), old.depthwise_kernel.numpy())
+    assert np.array_equal(new.get_layer("block1_conv1").kernel.numpy(), model.get_layer("block1_conv1").kernel.numpy())
+
+
 def test_bad_options_are_refused(data):
     from xception_edge.transforms import adaround
 
     model, cal, verify = data
-    for options in ({"nope": 1}, {"weight_qmax": 63.2}, {"iterations": 0}, {"layers": ["missing"]}):
+    for options in (
+        {"nope": 1},
+        {"weight_qmax": 63.2},
+        {"iterations": 0},
+        {"layers": ["missing"]},
+        {"kinds": ["separable"]},
+        {"kinds": []},
+    ):
         with pytest.raises(BadInput):
             adaround.transform(model, cal[:4], verify_images=verify[:4], **options)
     with pytest.raises(BadInput):

@@ -35,6 +35,7 @@ from .options import merge as options_merge
 from . import proxy
 from .cle import _kind, _plain, clone, predict
 
+STEP_KINDS = ("depthwise", "pointwise", "conv", "dense")  # the kernels a layer gives (a separable one: two)
 DEFAULTS = {
     "weight_bits": 8,  # grid d = 2**(bits-1) - 1 unless weight_qmax is given
     "weight_qmax": None,  # the grid's divisor d: 127 int8, 64 ORT reduce_range, 63.5 NNCF overflow fix
@@ -46,6 +47,7 @@ DEFAULTS = {
     "max_rows": 16384,  # positions kept per kernel for the optimization
     "eval_rows": 4096,  # further held-out positions the SQNRs are measured on
     "layers": None,  # layer names; None: every Conv2D, SeparableConv2D, DepthwiseConv2D and Dense
+    "kinds": STEP_KINDS,  # which kernels: depthwise (3x3 per channel), pointwise, conv, dense
     "reg_weight": 0.01,  # lambda
     "beta": (20.0, 2.0),  # start and end of the annealed exponent
     "warm_start": 0.2,  # share of the iterations without the rounding regularizer
@@ -159,6 +161,11 @@ def _options(options: dict) -> dict:
     opts["beta"] = tuple(float(b) for b in opts["beta"])
     if opts["layers"] is not None:
         opts["layers"] = [opts["layers"]] if isinstance(opts["layers"], str) else [str(n) for n in opts["layers"]]
+    kinds = [opts["kinds"]] if isinstance(opts["kinds"], str) else list(opts["kinds"])
+    unknown = [k for k in kinds if k not in STEP_KINDS]
+    if unknown or not kinds:
+        raise BadInput(f"adaround: kinds {opts['kinds']!r} must name some of: {', '.join(STEP_KINDS)}")
+    opts["kinds"] = tuple(k for k in STEP_KINDS if k in kinds)
     return opts
 
 
@@ -227,7 +234,7 @@ def _steps(model, opts: dict) -> tuple[list[_Step], list[dict]]:
             steps.append(_Step(layer, "kernel", "depthwise", dw))
         else:
             steps.append(_Step(layer, "kernel", "dense" if kind == "Dense" else "conv", d))
-    return steps, skipped
+    return [step for step in steps if step.kind in opts["kinds"]], skipped
 
 
 def _groups(steps: list[_Step], opts: dict) -> list[list[_Step]]:
