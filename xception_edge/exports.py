@@ -29,6 +29,7 @@ class Exports:
         self._saved_model: Path | None = source.saved_model_dir  # a SavedModel input is used as it is
         self._onnx: dict[int, Path] = {}
         self._derived: dict[str, Any] = {}
+        self.onnx_exporter: dict[int, str] = {}  # opset -> what wrote the ONNX export
 
     def saved_model(self) -> Path:
         """A SavedModel for the converters: the input folder itself, or one export of the Keras model."""
@@ -50,14 +51,20 @@ class Exports:
         return self._derived[key]
 
     def onnx(self, opset: int) -> Path:
-        """One ONNX export per opset (tf2onnx, NHWC input, dynamic batch): Keras's own ONNX export
-        for a Keras model, the serving signature for a SavedModel."""
+        """One ONNX export per opset (NHWC input, dynamic batch). A Keras model made of the layers
+        xception_edge.onnx_export writes is written by it (seconds, about the weights' size in
+        memory) and checked against Keras; any other model, or a SavedModel, goes through tf2onnx
+        (Keras's own ONNX export; the serving signature for a SavedModel), which traces the model
+        and peaks at several GB for full-size Xception. ``onnx_exporter[opset]`` says which wrote it."""
         if opset not in self._onnx:
             path = self.workdir / "onnx" / f"opset{opset}" / "model.onnx"
             path.parent.mkdir(parents=True, exist_ok=True)
-            frameworks.tf2onnx()
             src = self.source
-            with console.progress(f"Exporting ONNX (opset {opset})", total=None):
+            if src.keras_model is not None and self._own_onnx(path, opset):
+                self._onnx[opset] = path
+                return path
+            frameworks.tf2onnx()
+            with console.progress(f"Exporting ONNX (opset {opset}, tf2onnx)", total=None):
                 try:
                     if src.keras_model is not None:
                         x = np.zeros((1, src.height, src.width, 3), np.float32)
@@ -69,8 +76,31 @@ class Exports:
                     raise ConversionFailed(
                         f"ONNX export of {src.spec} failed (tf2onnx, opset {opset}): {first_line(exc)}"
                     ) from None
+            self.onnx_exporter[opset] = f"tf2onnx {getattr(frameworks.tf2onnx(), '__version__', '')}".strip()
             self._onnx[opset] = path
         return self._onnx[opset]
+
+    def _own_onnx(self, path: Path, opset: int) -> bool:
+        """xception_edge.onnx_export's export, checked against Keras on two fixed images in the
+        preprocessed range; False (nothing left behind) where it does not cover the model."""
+        from . import onnx_export
+
+        src = self.source
+        bad = onnx_export.unsupported_layers(src.keras_model)
+        if bad:
+            console.info(f"ONNX export through tf2onnx: the ONNX writer does not cover {', '.join(bad[:3])}")
+            return False
+        images = np.random.default_rng(0).uniform(-1.0, 1.0, (2, src.height, src.width, 3)).astype(np.float32)
+        with console.progress(f"Exporting ONNX (opset {opset})", total=None):
+            try:
+                onnx_export.export(src.keras_model, path, opset)
+                diff = onnx_export.check(src.keras_model, path, images)
+            except onnx_export.Unsupported as exc:
+                path.unlink(missing_ok=True)
+                console.warn(f"ONNX writer: {first_line(exc)}; exporting through tf2onnx instead")
+                return False
+        self.onnx_exporter[opset] = f"{onnx_export.TOOL} (max |Δ| vs Keras {diff:.1g})"
+        return True
 
 
 def _saved_model_to_onnx(loaded, path: Path, opset: int) -> None:

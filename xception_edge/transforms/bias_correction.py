@@ -47,7 +47,9 @@ DEFAULTS = {
     "max_images": 64,  # calibration images the shifts are measured on
     "layers": None,  # layer names to correct; None: every eligible layer
     "batch": 8,  # images per forward pass while measuring
-    "tolerance": 0.05,  # max |Δp| the float outputs may move on the verification images
+    # max |Δp| the float outputs may move on the verification images; None: 0.05 on the int8 grid
+    # (d = 127), scaled by 127 / d for a coarser one (the shifts grow with the step: 0.1 at d = 63.5)
+    "tolerance": None,
 }
 KINDS = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "Dense")
 
@@ -129,6 +131,9 @@ def _options(options: dict) -> dict:
     if opts["layers"] is not None:
         names = [opts["layers"]] if isinstance(opts["layers"], str) else opts["layers"]
         opts["layers"] = [str(n) for n in names]
+    if opts["tolerance"] is None:
+        grids = [_qmax(opts), opts["depthwise_qmax"] or _qmax(opts), *(opts["layer_qmax"] or {}).values()]
+        opts["tolerance"] = round(0.05 * 127 / min(grids), 4)
     opts["tolerance"] = float(opts["tolerance"])
     return opts
 

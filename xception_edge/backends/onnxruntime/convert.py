@@ -68,14 +68,15 @@ def convert(
     details.update(
         {
             "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-            "exporter": _producer(onnx.load(str(exported), load_external_data=False)),
+            "exporter": exports.onnx_exporter.get(OPSET) or _producer(onnx.load(str(exported), load_external_data=False)),
             "producer": _producer(model),
             "op_counts": summary["counts"],
             "layout": "NHWC input (the Transpose to NCHW is inside the graph)",
         }
     )
-    tf2onnx = frameworks.tf2onnx()
-    tools = {"tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    tools = {"onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    if exports.onnx_exporter.get(OPSET, "tf2onnx").startswith("tf2onnx"):
+        tools["tf2onnx"] = frameworks.tf2onnx().__version__
     return ConvertedModel(MODEL_FILE, inp, outp, tools, details)
 
 
