@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-accuracy venv clean system-deps
+.PHONY: demo test test-fast bench bench-accuracy bench-conversion venv clean system-deps
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/run_matrix.py
 	$(MAKE) bench-accuracy
+	$(MAKE) bench-conversion
+
+# Conversion cost of full-size Xception (#13): the three int8 targets and --target all, wall time and
+# peak RSS of the process tree, beside each vendor's recipe run by hand: bench/conversion.{json,md}, ~25 minutes.
+bench-conversion: $(STAMP)
+	$(BIN)/python bench/conversion_cost.py
 
 # int8 accuracy on the demo's val_hard, each int8 target (with each transform) beside each
 # vendor's default recipe, latency side by side: bench/accuracy.{json,md}, ~15 minutes (AdaRound included).
