@@ -82,6 +82,46 @@ def unsupported_layers(model) -> list[str]:
     return bad
 
 
+def _folds(calls: list) -> dict[int, object]:
+    """{id(conv or dense layer): the BatchNormalization folded into it}: a BN that alone reads the
+    output of a Conv2D / DepthwiseConv2D / SeparableConv2D / Dense without activation."""
+    readers: dict[int, int] = {}
+    for _, ins, _ in calls:
+        for i in ins:
+            readers[i] = readers.get(i, 0) + 1
+    producer = {outs[0]: layer for layer, _, outs in calls if len(outs) == 1}
+    folds: dict[int, object] = {}
+    for layer, ins, _ in calls:
+        if type(layer).__name__ != "BatchNormalization" or len(ins) != 1 or not bn_foldable(layer):
+            continue
+        src = producer.get(ins[0])
+        if src is None or readers.get(ins[0], 0) != 1 or type(src).__name__ not in FOLDS_BN or id(src) in folds:
+            continue
+        if getattr(getattr(src, "activation", None), "__name__", "linear") == "linear":
+            folds[id(src)] = layer
+    return folds
+
+
+def _emit(g: Graph, calls: list, folds: dict[int, object], tensors: dict[int, Tensor]) -> None:
+    """Every layer call's nodes, in order; a folded BN's output is its conv's."""
+    skip = {id(bn) for bn in folds.values()}
+    bn_output = {id(layer): outs[0] for layer, _, outs in calls if id(layer) in skip}
+    for layer, ins, outs in calls:
+        if id(layer) in skip:
+            continue
+        bn = folds.get(id(layer))
+        try:
+            args = [tensors[i] for i in ins]
+        except KeyError:
+            raise Unsupported(f"{layer.name}: reads a tensor that is not written before it") from None
+        if len(outs) != 1:
+            raise Unsupported(f"{layer.name}: {len(outs)} outputs")
+        t = EMITTERS[type(layer).__name__](g, layer, args, bn_scale_shift(bn) if bn is not None else None)
+        tensors[outs[0]] = t
+        if bn is not None:
+            tensors[bn_output[id(bn)]] = t
+
+
 def export(model, path: str | Path, opset: int = 17) -> dict:
     """Write ``model`` as ONNX to ``path``; returns {"layers": n, "folded_bn": n, "nodes": n}.
     Raises Unsupported (nothing written) for a layer or a setting it does not cover."""
@@ -94,25 +134,7 @@ def export(model, path: str | Path, opset: int = 17) -> dict:
     if bad:
         raise Unsupported(f"layers the ONNX writer does not cover: {', '.join(bad[:5])}")
     calls, alias = _flat(model)
-    readers: dict[int, int] = {}
-    for _, ins, _ in calls:
-        for i in ins:
-            readers[i] = readers.get(i, 0) + 1
-    producer = {outs[0]: (layer, ins) for layer, ins, outs in calls if len(outs) == 1}
-    # a BatchNormalization whose input only it reads, written by a conv/dense without activation, folds
-    folds: dict[int, object] = {}  # id(conv layer) -> the BN folded into it
-    skip: set[int] = set()
-    for layer, ins, _outs in calls:
-        if type(layer).__name__ != "BatchNormalization" or len(ins) != 1 or not bn_foldable(layer):
-            continue
-        src = producer.get(ins[0])
-        if src is None or readers.get(ins[0], 0) != 1 or type(src[0]).__name__ not in FOLDS_BN:
-            continue
-        if getattr(getattr(src[0], "activation", None), "__name__", "linear") != "linear" or id(src[0]) in folds:
-            continue
-        folds[id(src[0])] = layer
-        skip.add(id(layer))
-
+    folds = _folds(calls)
     g = Graph(helper, numpy_helper)
     (inp,) = model.inputs
     shape = list(inp.shape)
@@ -121,23 +143,7 @@ def export(model, path: str | Path, opset: int = 17) -> dict:
     in_name = g.unique(inp.name or "input")
     tensors: dict[int, Tensor] = {}
     tensors[_resolve(alias, id(inp))] = Tensor(g.node("Transpose", [in_name], "input/Transpose", perm=[0, 3, 1, 2]), 4, True)
-    for layer, ins, outs in calls:
-        if id(layer) in skip:
-            continue
-        kind = type(layer).__name__
-        bn = folds.get(id(layer))
-        fold = bn_scale_shift(bn) if bn is not None else None
-        try:
-            args = [tensors[i] for i in ins]
-        except KeyError:
-            raise Unsupported(f"{layer.name}: reads a tensor that is not written before it") from None
-        t = EMITTERS[kind](g, layer, args, fold)
-        if len(outs) != 1:
-            raise Unsupported(f"{layer.name}: {len(outs)} outputs")
-        tensors[outs[0]] = t
-        if bn is not None:  # the BN's output is the conv's (folded) output
-            (bn_call,) = [c for c in calls if c[0] is bn]
-            tensors[bn_call[2][0]] = t
+    _emit(g, calls, folds, tensors)
     (out,) = model.outputs
     final = tensors.get(_resolve(alias, id(out)))
     if final is None:

@@ -13,6 +13,7 @@ as float32; a BatchNormalization that alone reads a convolution's output is fold
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -145,26 +146,25 @@ def _depthwise_weight(kernel: np.ndarray) -> np.ndarray:
     return np.asarray(kernel, np.float64).reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None]
 
 
-def depthwise_conv2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
-    (t,) = inputs
+def _depthwise(g: Graph, layer, t: Tensor, kernel: np.ndarray, b: np.ndarray | None, fold) -> Tensor:
+    """A grouped Conv (one group per input channel) with a Keras depthwise kernel (kh, kw, C, M)."""
     _spatial(layer, t)
     _check_channels_last(layer)
-    kh, kw, c, _ = layer.kernel.shape
-    w = _depthwise_weight(layer.kernel.numpy())
-    b = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else None
+    kh, kw, c, _ = kernel.shape
     attrs = {"kernel_shape": [kh, kw], "strides": list(layer.strides), "dilations": list(layer.dilation_rate), "group": int(c)}
-    out = _conv_out(g, layer, t, w, b, fold, "depthwise", **attrs, **_pads(layer, (kh, kw)))
+    return _conv_out(g, layer, t, _depthwise_weight(kernel), b, fold, "depthwise", **attrs, **_pads(layer, (kh, kw)))
+
+
+def depthwise_conv2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
+    (t,) = inputs
+    b = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else None
+    out = _depthwise(g, layer, t, layer.kernel.numpy(), b, fold)
     return _activation(g, layer, out, layer.activation)
 
 
 def separable_conv2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
     (t,) = inputs
-    _spatial(layer, t)
-    _check_channels_last(layer)
-    kh, kw, c, _ = layer.depthwise_kernel.shape
-    dw = _depthwise_weight(layer.depthwise_kernel.numpy())
-    attrs = {"kernel_shape": [kh, kw], "strides": list(layer.strides), "dilations": list(layer.dilation_rate), "group": int(c)}
-    mid = _conv_out(g, layer, t, dw, None, None, "depthwise", **attrs, **_pads(layer, (kh, kw)))
+    mid = _depthwise(g, layer, t, layer.depthwise_kernel.numpy(), None, None)
     pw = np.asarray(layer.pointwise_kernel.numpy(), np.float64).transpose(3, 2, 0, 1)
     b = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else None
     out = _conv_out(g, layer, mid, pw, b, fold, "pointwise", kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0])
@@ -213,15 +213,7 @@ def relu(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
     return Tensor(g.node("Clip", [t.name, lo, hi], f"{layer.name}/Clip"), t.rank, t.nchw)
 
 
-def max_pooling2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
-    return _pool(g, layer, inputs, "MaxPool")
-
-
-def average_pooling2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
-    return _pool(g, layer, inputs, "AveragePool")
-
-
-def _pool(g: Graph, layer, inputs: list[Tensor], op: str) -> Tensor:
+def _pool(g: Graph, layer, inputs: list[Tensor], fold=None, *, op: str) -> Tensor:
     (t,) = inputs
     _spatial(layer, t)
     _check_channels_last(layer)
@@ -230,15 +222,7 @@ def _pool(g: Graph, layer, inputs: list[Tensor], op: str) -> Tensor:
     return Tensor(g.node(op, [t.name], f"{layer.name}/{op}", **attrs), 4, True)
 
 
-def global_average_pooling2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
-    return _global_pool(g, layer, inputs, "GlobalAveragePool")
-
-
-def global_max_pooling2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
-    return _global_pool(g, layer, inputs, "GlobalMaxPool")
-
-
-def _global_pool(g: Graph, layer, inputs: list[Tensor], op: str) -> Tensor:
+def _global_pool(g: Graph, layer, inputs: list[Tensor], fold=None, *, op: str) -> Tensor:
     (t,) = inputs
     _spatial(layer, t)
     _check_channels_last(layer)
@@ -318,10 +302,10 @@ EMITTERS: dict[str, Callable] = {
     "BatchNormalization": batch_normalization,
     "Activation": activation,
     "ReLU": relu,
-    "MaxPooling2D": max_pooling2d,
-    "AveragePooling2D": average_pooling2d,
-    "GlobalAveragePooling2D": global_average_pooling2d,
-    "GlobalMaxPooling2D": global_max_pooling2d,
+    "MaxPooling2D": functools.partial(_pool, op="MaxPool"),
+    "AveragePooling2D": functools.partial(_pool, op="AveragePool"),
+    "GlobalAveragePooling2D": functools.partial(_global_pool, op="GlobalAveragePool"),
+    "GlobalMaxPooling2D": functools.partial(_global_pool, op="GlobalMaxPool"),
     "Add": add,
     "Multiply": multiply,
     "Concatenate": concatenate,

@@ -35,7 +35,7 @@ from .options import merge as options_merge
 from . import proxy
 from .cle import _kind, _plain, clone, predict
 
-STEP_KINDS = ("depthwise", "pointwise", "conv", "dense")  # the kernels a layer gives (a separable one: two)
+STEP_KINDS = ("depthwise", "pointwise", "conv", "dense")  # kernels (a SeparableConv2D has two)
 DEFAULTS = {
     "weight_bits": 8,  # grid d = 2**(bits-1) - 1 unless weight_qmax is given
     "weight_qmax": None,  # the grid's divisor d: 127 int8, 64 ORT reduce_range, 63.5 NNCF overflow fix
@@ -162,8 +162,7 @@ def _options(options: dict) -> dict:
     if opts["layers"] is not None:
         opts["layers"] = [opts["layers"]] if isinstance(opts["layers"], str) else [str(n) for n in opts["layers"]]
     kinds = [opts["kinds"]] if isinstance(opts["kinds"], str) else list(opts["kinds"])
-    unknown = [k for k in kinds if k not in STEP_KINDS]
-    if unknown or not kinds:
+    if not kinds or set(kinds) - set(STEP_KINDS):
         raise BadInput(f"adaround: kinds {opts['kinds']!r} must name some of: {', '.join(STEP_KINDS)}")
     opts["kinds"] = tuple(k for k in STEP_KINDS if k in kinds)
     return opts

@@ -1,4 +1,4 @@
-"""ONNX Runtime: Keras's ONNX export (tf2onnx) and ORT's static QDQ quantizer on the build host,
+"""ONNX Runtime: the toolkit's ONNX writer (tf2onnx for what it does not cover) and ORT's static QDQ quantizer on the build host,
 an InferenceSession on the device."""
 
 from .. import BackendSpec

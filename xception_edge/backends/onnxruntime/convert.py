@@ -1,7 +1,8 @@
-"""ONNX converter: Keras model -> ONNX (tf2onnx, once per run) -> fp32, or int8 QDQ with
+"""ONNX converter: Keras model -> ONNX (once per run: the toolkit's ONNX writer, tf2onnx for a
+model it does not cover; exports.py) -> fp32, or int8 QDQ with
 ONNX Runtime's static quantization calibrated on the shared calibration iterator.
 
-The input stays NHWC float32 (tf2onnx adds one Transpose inside the graph); int8 QDQ keeps
+The input stays NHWC float32 (one Transpose inside the graph); int8 QDQ keeps
 float input and output, with QuantizeLinear/DequantizeLinear around every quantized op, which
 ONNX Runtime fuses into QLinearConv/QLinearMatMul when it loads the model.
 """
@@ -188,7 +189,8 @@ def quantize_qdq(
 
 
 def _excluded_nodes(model, layers: tuple[str, ...], label: str, keras_layers: set[str] | None = None) -> list[str]:
-    """ONNX nodes of the Keras layers in ignored_scope. tf2onnx keeps the layer name in the node
+    """ONNX nodes of the Keras layers in ignored_scope. The ONNX writer starts every node's name
+    with its layer's (``block4_sepconv1/pointwise``); tf2onnx keeps the layer name in the node
     name or in its weight's name (`.../block4_sepconv1_1/separable_conv2d/...`), suffixed when the
     scope was taken: each name segment is read back to one Keras layer (segment_layers)."""
     names = [n.name for n in model.graph.node] + [i for n in model.graph.node for i in n.input[1:]]

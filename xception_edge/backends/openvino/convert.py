@@ -135,14 +135,13 @@ OVERFLOW_FIX = {"enable": "enable", "first_layer": "first_layer_only", "disable"
 ACTIVATIONS_RANGE = {"minmax": "MINMAX", "mean_minmax": "MEAN_MINMAX", "histogram": "HISTOGRAM"}
 
 
-def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: list[str], accuracy_control=None, layer_ops=None):
-    nncf = guarded_nncf()
+def _advanced_parameters(profile: TargetProfile):
+    """NNCF's AdvancedQuantizationParameters from the profile's [quantization] settings."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix, QuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     q = profile.quantization
-    subset = min(q.subset_size or len(calib), len(calib))
-    advanced = AdvancedQuantizationParameters(
+    return AdvancedQuantizationParameters(
         weights_quantization_params=QuantizationParameters(per_channel=profile.per_channel),
         overflow_fix=OverflowFix(OVERFLOW_FIX[q.overflow_fix]),
         disable_bias_correction=q.disable_bias_correction,
@@ -153,6 +152,13 @@ def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: lis
             else getattr(RangeEstimatorParametersSet, ACTIVATIONS_RANGE[q.activations_range])
         ),
     )
+
+
+def _quantize(model, profile: TargetProfile, calib: CalibrationSet, ignored: list[str], accuracy_control=None, layer_ops=None):
+    nncf = guarded_nncf()
+    q = profile.quantization
+    subset = min(q.subset_size or len(calib), len(calib))
+    advanced = _advanced_parameters(profile)
     kwargs = {
         "preset": nncf.QuantizationPreset(q.preset),
         "subset_size": subset,
