@@ -63,24 +63,36 @@ def _tree_rss_kb(root: int) -> int:
 
 
 def tree_peak(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd``; its wall time, peak RSS of its process tree (sampled) and of its largest process (wait4)."""
-    peak = [0]
+    """Run ``cmd``; its wall time, peak RSS of its process tree (sampled) and of its largest process
+    (wait4), and per stage (each line the command prints, until the next) the tree's peak: a
+    memory profile by stage, read from the command's own progress lines."""
+    peak, stage_peak = [0], [0]
+    stages: list[dict] = []
     with open(log, "w") as out:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
         done = threading.Event()
 
         def sample():
             while not done.is_set():
-                peak[0] = max(peak[0], _tree_rss_kb(p.pid))
+                kb = _tree_rss_kb(p.pid)
+                peak[0], stage_peak[0] = max(peak[0], kb), max(stage_peak[0], kb)
                 done.wait(0.05)
 
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
+        label, started = "start (imports, loading the model)", 0.0
+        for line in p.stdout:
+            out.write(line)
+            now = time.perf_counter() - t0
+            stages.append({"stage": label, "seconds": round(now - started, 1), "peak_mb": round(stage_peak[0] / 1024)})
+            label, started, stage_peak[0] = line.strip()[:120], now, _tree_rss_kb(p.pid)
         _, status, usage = os.wait4(p.pid, 0)
         seconds = time.perf_counter() - t0
         done.set()
         thread.join()
+        stages.append({"stage": label, "seconds": round(seconds - started, 1), "peak_mb": round(stage_peak[0] / 1024)})
     code = os.waitstatus_to_exitcode(status)
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if code else []
     return {
@@ -89,7 +101,21 @@ def tree_peak(cmd: list[str], log: Path) -> dict:
         "largest_process_mb": round(usage.ru_maxrss / 1024),
         "exit": code,
         "error": tail[0] if tail else None,
+        "stages": _merge_stages(stages),
     }
+
+
+def _merge_stages(stages: list[dict]) -> list[dict]:
+    """Progress lines of one stage ("calibrating: 75/300", "...: done in 9s") as one entry."""
+    out: list[dict] = []
+    for s in stages:
+        key = s["stage"].split(":")[0].split(" ...")[0]
+        if out and out[-1]["stage"] == key:
+            out[-1]["seconds"] = round(out[-1]["seconds"] + s["seconds"], 1)
+            out[-1]["peak_mb"] = max(out[-1]["peak_mb"], s["peak_mb"])
+        else:
+            out.append({**s, "stage": key})
+    return out
 
 
 def calibration_images(root: Path) -> Path:
@@ -148,6 +174,9 @@ def markdown(result: dict) -> str:
         f"Goal (#13): `--target all` at peak <= {GOAL['all_peak_gb']:g} GB for the whole process tree; the three int8 "
         f"targets in <= {GOAL['int8_seconds'] // 60} min.",
         "",
+        "Process tree: the sum of VmRSS over the process and its children, sampled every 50 ms (pages a forked "
+        "child shares with its parent count twice); largest process: wait4's ru_maxrss.",
+        "",
         "| who | what | wall s | peak RSS MB (process tree) | largest process MB |",
         "|---|---|---|---|---|",
     ]
@@ -163,6 +192,13 @@ def markdown(result: dict) -> str:
     ]
     if s.get("all_seconds") is not None:
         lines.append(f"- `--target all`: {s['all_seconds']} s, peak {s['all_peak_mb']} MB.")
+    for r in rows:
+        if r["who"] == "xception-edge" and r.get("stages"):
+            top = sorted(r["stages"], key=lambda s: -s["peak_mb"])[:6]
+            slow = sorted(r["stages"], key=lambda s: -s["seconds"])[:6]
+            lines += ["", f"Where `{r['what']}` spends (stages by its progress lines):", ""]
+            lines += ["- peak memory: " + "; ".join(f"{s['stage']} {s['peak_mb']} MB" for s in top)]
+            lines += ["- time: " + "; ".join(f"{s['stage']} {s['seconds']} s" for s in slow)]
     lines += ["", "Reproduce: `make bench` (or `.venv/bin/python bench/conversion_cost.py`)."]
     return "\n".join(lines) + "\n"
 
