@@ -148,8 +148,9 @@ def test_bench_emulated_arm64_onnxruntime_int8_on_images(converted_all, emulated
     )
     p = data["parity"]
     # Float output, compared in 1/256 steps; the x86 host runs the QDQ reference (unfused), the
-    # device ONNX Runtime's fused int8 kernels: measured 1.004 steps here (35 on the demo model).
-    assert p["images"] == 30 and p["top1_agreement"] == 1.0 and p["max_step_diff"] <= 2, p
+    # device ONNX Runtime's fused int8 kernels: measured 1.004 steps with tf2onnx's export and
+    # 2.008 with the toolkit's ONNX writer (Dense as one Gemm), 35 on the demo model.
+    assert p["images"] == 30 and p["top1_agreement"] == 1.0 and p["max_step_diff"] <= 3, p
     assert p["step_from"].startswith("1/256")
     assert data["accuracy"]["images"] == 30 and len(data["predictions"]) == 30
 

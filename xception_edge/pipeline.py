@@ -367,6 +367,8 @@ def _convert_one(req, profile, src: SourceModel, calib, exports: Exports, common
     except (XceptionEdgeError, OSError) as exc:
         if isinstance(exc, BadInput):
             raise
+        if interrupts.interrupted():  # a framework turned the Ctrl-C into its own error: it is an interrupt
+            raise KeyboardInterrupt from None
         message = str(exc) if isinstance(exc, XceptionEdgeError) else _os_failure(profile.name, exc)
         console.error(message)
         return TargetResult(
