@@ -95,7 +95,7 @@ class Exports:
             try:
                 onnx_export.export(src.keras_model, path, opset)
                 diff = onnx_export.check(src.keras_model, path, images)
-            except onnx_export.Unsupported as exc:
+            except Exception as exc:  # Unsupported, or onnx's checker / ONNX Runtime refusing the graph
                 path.unlink(missing_ok=True)
                 console.warn(f"ONNX writer: {first_line(exc)}; exporting through tf2onnx instead")
                 return False
