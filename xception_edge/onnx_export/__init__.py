@@ -172,13 +172,9 @@ def export(model, path: str | Path, opset: int = 17) -> dict:
 def check(model, path: str | Path, images: np.ndarray, atol: float = ATOL) -> float:
     """Max |Δ| between ONNX Runtime's outputs of the export (no graph optimization: the graph as
     written) and Keras's on ``images``; raises Unsupported past ``atol``."""
-    from .. import frameworks
+    from ..backends.onnxruntime.runtime import make_session  # the toolkit's one ONNX Runtime session
 
-    ort = frameworks.require("onnxruntime", "onnxruntime")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = make_session(path, 2, fuse=False)
     name = session.get_inputs()[0].name
     x = np.asarray(images, np.float32)
     got = session.run(None, {name: x})[0]

@@ -60,7 +60,7 @@ class Graph:
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _pads(layer, kernel: tuple[int, int]) -> dict:
+def _pads(layer) -> dict:
     """Keras ``same`` is TensorFlow's SAME: the odd pixel of padding goes at the end (ONNX SAME_UPPER)."""
     if layer.padding == "valid":
         return {"pads": [0, 0, 0, 0]}
@@ -136,7 +136,7 @@ def conv2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
     b = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else None
     attrs = {"kernel_shape": [kh, kw], "strides": list(layer.strides), "dilations": list(layer.dilation_rate)}
     attrs["group"] = int(getattr(layer, "groups", 1))
-    out = _conv_out(g, layer, t, w, b, fold, "Conv", **attrs, **_pads(layer, (kh, kw)))
+    out = _conv_out(g, layer, t, w, b, fold, "Conv", **attrs, **_pads(layer))
     return _activation(g, layer, out, layer.activation)
 
 
@@ -152,7 +152,7 @@ def _depthwise(g: Graph, layer, t: Tensor, kernel: np.ndarray, b: np.ndarray | N
     _check_channels_last(layer)
     kh, kw, c, _ = kernel.shape
     attrs = {"kernel_shape": [kh, kw], "strides": list(layer.strides), "dilations": list(layer.dilation_rate), "group": int(c)}
-    return _conv_out(g, layer, t, _depthwise_weight(kernel), b, fold, "depthwise", **attrs, **_pads(layer, (kh, kw)))
+    return _conv_out(g, layer, t, _depthwise_weight(kernel), b, fold, "depthwise", **attrs, **_pads(layer))
 
 
 def depthwise_conv2d(g: Graph, layer, inputs: list[Tensor], fold=None) -> Tensor:
@@ -218,7 +218,7 @@ def _pool(g: Graph, layer, inputs: list[Tensor], fold=None, *, op: str) -> Tenso
     _spatial(layer, t)
     _check_channels_last(layer)
     kh, kw = layer.pool_size
-    attrs = {"kernel_shape": [kh, kw], "strides": list(layer.strides), **_pads(layer, (kh, kw))}
+    attrs = {"kernel_shape": [kh, kw], "strides": list(layer.strides), **_pads(layer)}
     return Tensor(g.node(op, [t.name], f"{layer.name}/{op}", **attrs), 4, True)
 
 
