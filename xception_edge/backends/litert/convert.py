@@ -18,6 +18,8 @@ from ...errors import ConversionFailed, first_line
 from ...exports import Exports
 from ...model_io import SourceModel
 from ...profiles import Precision, TargetProfile
+from .calibrate import every_core
+from .shared_ranges import onnxruntime_ranges
 from .ops import _QDQ, io_specs, op_summary
 from .ops import interpreter, op_layers  # noqa: F401  where callers have found them
 from .selective import check_io, quantization_debugger, quantize_selectively, tf_dtype
@@ -32,7 +34,8 @@ def convert(
     precision = profile.precision
     selective = precision is Precision.INT8 and bool(profile.quantization.ignored_scope)
     saved_model = exports.saved_model()  # once per run; before the calibration progress starts
-    tflite_bytes, kept = _convert_bytes(saved_model, src, profile, calib, selective)
+    calibration: dict = {}
+    tflite_bytes, kept = _convert_bytes(saved_model, src, profile, calib, selective, exports, calibration)
     (stage / MODEL_FILE).write_bytes(tflite_bytes)
 
     float_nodes = frozenset(n for nodes in kept.values() for n in nodes)
@@ -41,6 +44,8 @@ def convert(
         _check_integer(profile, ops, float_nodes)
     inp, out = io_specs(stage / MODEL_FILE)
     details = {"op_counts": ops["counts"], "all_ops_integer": ops["all_integer"]}
+    if calibration:
+        details["calibration"] = calibration
     if selective:
         check_io(profile, inp, out, kept)
         details["float_layers"] = list(kept)
@@ -48,11 +53,17 @@ def convert(
     return ConvertedModel(MODEL_FILE, inp, out, {"tensorflow": tf.__version__}, details)
 
 
-def _convert_bytes(saved_model: Path, src: SourceModel, profile: TargetProfile, calib, selective: bool):
-    """The converted model, and {layer: its ops' output tensor names} of the layers kept in float."""
+def _convert_bytes(saved_model: Path, src: SourceModel, profile: TargetProfile, calib, selective: bool, exports, record):
+    """The converted model, and {layer: its ops' output tensor names} of the layers kept in float.
+    An int8 model without ignored_scope takes its activation ranges from ONNX Runtime's
+    calibration of the run's ONNX export (``shared_ranges.py``; ``record`` says whether it did),
+    else TFLite calibrates with one process per core (``calibrate.py``); either way
+    TFLiteConverter quantizes."""
+    int8 = profile.precision is Precision.INT8 and calib is not None and len(calib) > 0
+    ranges = onnxruntime_ranges(src, exports, calib, profile.name, record) if int8 and not selective else None
     with contextlib.ExitStack() as stack:
         on_image = None
-        if profile.precision is Precision.INT8 and calib is not None and len(calib):
+        if int8:
             on_image = stack.enter_context(
                 console.progress(f"{profile.name}: calibrating on {len(calib)} images", total=len(calib))
             ).advance
@@ -60,6 +71,8 @@ def _convert_bytes(saved_model: Path, src: SourceModel, profile: TargetProfile, 
         if selective:
             debugger, kept = quantization_debugger(converter, profile, src)
             return quantize_selectively(debugger, profile, kept), kept
+        if on_image is not None:
+            stack.enter_context(every_core(calib.images, on_image, ranges=ranges))
         try:
             return converter.convert(), {}
         except Exception as exc:

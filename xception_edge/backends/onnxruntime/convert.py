@@ -9,7 +9,6 @@ ONNX Runtime fuses into QLinearConv/QLinearMatMul when it loads the model.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from collections import Counter
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import console, frameworks
+from .calibrate import METHODS, calibration_cache
 from .frameworks import onnxruntime, ort_quantization
 from ...calibration import CalibrationSet
 from ...errors import BadInput, ConversionFailed, first_line
@@ -30,8 +30,6 @@ from ...exports import Exports
 
 MODEL_FILE = "model.onnx"
 OPSET = 17
-CALIB_CHUNK = 8  # images whose intermediate tensors are held at once while calibrating (memory bound)
-_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 _ELEM = {1: "float32", 2: "uint8", 3: "int8"}
 _COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
@@ -101,36 +99,6 @@ def preprocessed(fp32: Path) -> Path:
     return pre
 
 
-def _reader(oq, input_name: str, calib: CalibrationSet, task):
-    """The shared calibration iterator as a CalibrationDataReader. quantize_static walks it in
-    chunks of CALIB_CHUNK images (set_range, in order) and merges each chunk's ranges or
-    histograms, so only one chunk's activations are held at once. It needs the length to be a
-    multiple of the chunk: the length is rounded up and the last chunk is simply shorter."""
-
-    class Reader(oq.CalibrationDataReader):
-        def __init__(self):
-            self._batches = calib.batches()
-            self._left = 0
-            self.used = 0
-
-        def __len__(self):
-            return -(-len(calib) // CALIB_CHUNK) * CALIB_CHUNK
-
-        def set_range(self, start_index: int, end_index: int):
-            self._left = end_index - start_index
-
-        def get_next(self):
-            batch = next(self._batches, None) if self._left > 0 else None
-            if batch is None:
-                return None
-            self._left -= 1
-            self.used += 1
-            task.advance()
-            return {input_name: batch}
-
-    return Reader()
-
-
 def quantize_qdq(
     fp32: Path,
     out: Path,
@@ -142,39 +110,29 @@ def quantize_qdq(
 ) -> dict:
     """Static QDQ int8 of ``fp32`` into ``out``. Calibration ranges depend only on the model,
     the images and the method, so targets of one run that share them calibrate once (a cache
-    beside the run's export ``fp32``)."""
+    beside the run's export ``fp32``, made by ``calibrate.calibration_cache``)."""
     oq = ort_quantization()
     onnx = frameworks.onnx()
     pre = preprocessed(fp32)
     model = onnx.load(str(pre))
-    input_name = model.graph.input[0].name
     excluded = _excluded_nodes(model, q.ignored_scope, label, keras_layers)
-    key = hashlib.sha256(f"{q.calibration_method}|{calib.summary()['list_sha256']}|{len(calib)}".encode()).hexdigest()[:16]
-    cache = pre.parent / f"calibration-{q.calibration_method}-{key}.json"
-    cached = cache.exists()
-    with console.progress(f"{label}: calibrating ({q.calibration_method}) on {len(calib)} images", total=len(calib)) as task:
-        if cached:
-            task.advance(len(calib))
-        reader = _reader(oq, input_name, calib, task)
-        try:
-            oq.quantize_static(
-                str(pre),
-                str(out),
-                reader,
-                quant_format=oq.QuantFormat.QDQ,
-                per_channel=per_channel,
-                reduce_range=q.reduce_range,
-                activation_type=getattr(oq.QuantType, _QTYPES[q.activation_dtype]),
-                weight_type=getattr(oq.QuantType, _QTYPES[q.weight_dtype]),
-                calibrate_method=getattr(oq.CalibrationMethod, _METHODS[q.calibration_method]),
-                nodes_to_exclude=excluded,
-                extra_options={"CalibStridedMinMax": CALIB_CHUNK},
-                calibration_cache_path=str(cache),
-            )
-        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise ConversionFailed(f"{label}: ONNX Runtime quantize_static failed: {first_line(exc)}") from None
-    if not cached and reader.used != len(calib):
-        raise ConversionFailed(f"{label}: calibration read {reader.used} of {len(calib)} images")
+    cache, cached = calibration_cache(pre, calib, q.calibration_method, label)
+    try:
+        oq.quantize_static(
+            str(pre),
+            str(out),
+            None,  # the ranges are in the cache
+            quant_format=oq.QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=q.reduce_range,
+            activation_type=getattr(oq.QuantType, _QTYPES[q.activation_dtype]),
+            weight_type=getattr(oq.QuantType, _QTYPES[q.weight_dtype]),
+            calibrate_method=getattr(oq.CalibrationMethod, METHODS[q.calibration_method]),
+            nodes_to_exclude=excluded,
+            calibration_cache_path=str(cache),
+        )
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ConversionFailed(f"{label}: ONNX Runtime quantize_static failed: {first_line(exc)}") from None
     return {
         "format": "QDQ",
         "activation_dtype": q.activation_dtype,
