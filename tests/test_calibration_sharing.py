@@ -125,3 +125,20 @@ def test_converted_litert_int8_records_where_its_ranges_came_from(converted_all)
     assert cal["ranges"] == "onnxruntime", cal
     assert cal["tensors"] > 20 and cal["max_first_image_diff"] < 1e-3
     json.dumps(cal)
+
+
+def test_a_saved_model_input_calibrates_with_tflite_and_says_why(small_model, small_saved_model, tmp_path):
+    """No Keras layers, so no ONNX writer export to share ranges from: TFLite calibrates itself."""
+    from click.testing import CliRunner
+
+    from xception_edge.cli import cli
+
+    _, train, val = small_model
+    out = tmp_path / "out"
+    args = ["convert", "--model", small_saved_model, "--target", "arm64-litert-int8", "--calibration", train]
+    args += ["--num-calibration", "16", "--verify-data", val, "--labels", tmp_path / "labels.txt", "--out", out]
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    cal = read_manifest(out / "arm64-litert-int8").conversion["calibration"]
+    assert cal["ranges"] == "tflite" and "Keras model is not available" in cal["why"], cal

@@ -50,12 +50,13 @@ class Exports:
             self._derived[key] = make()
         return self._derived[key]
 
-    def onnx(self, opset: int) -> Path:
+    def onnx(self, opset: int, *, tf2onnx: bool = True) -> Path | None:
         """One ONNX export per opset (NHWC input, dynamic batch). A Keras model made of the layers
         xception_edge.onnx_export writes is written by it (seconds, about the weights' size in
         memory) and checked against Keras; any other model, or a SavedModel, goes through tf2onnx
         (Keras's own ONNX export; the serving signature for a SavedModel), which traces the model
-        and peaks at several GB for full-size Xception. ``onnx_exporter[opset]`` says which wrote it."""
+        and peaks at several GB for full-size Xception. ``onnx_exporter[opset]`` says which wrote it.
+        With ``tf2onnx=False``, None where the ONNX writer cannot export the model."""
         if opset not in self._onnx:
             path = self.workdir / "onnx" / f"opset{opset}" / "model.onnx"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +64,8 @@ class Exports:
             if src.keras_model is not None and self._own_onnx(path, opset):
                 self._onnx[opset] = path
                 return path
+            if not tf2onnx:
+                return None
             frameworks.tf2onnx()
             with console.progress(f"Exporting ONNX (opset {opset}, tf2onnx)", total=None):
                 try:

@@ -237,7 +237,7 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
         "host": host(),
         "tools": _tool_versions(),
     }
-    variants = _variants(src, profiles, calib, images)
+    variants = _variants(src, profiles, calib, images, reference)
     with tempfile.TemporaryDirectory(prefix="xception-edge-") as workdir:  # the run's exports, shared by every target
         exports = {key: Exports(s, Path(tempfile.mkdtemp(dir=workdir))) for key, (s, _, _) in variants.items()}
         for profile in profiles:
@@ -252,13 +252,13 @@ def _run_locked(req: ConvertRequest) -> list[TargetResult]:
     return results
 
 
-def _variants(src: SourceModel, profiles: list[TargetProfile], calib, images) -> dict:
+def _variants(src: SourceModel, profiles: list[TargetProfile], calib, images, reference) -> dict:
     """The source model per transform list, float equivalence checked on the verification images."""
     if not any(p.quantization.transforms for p in profiles):
         return {(): (src, None, {})}
     from .transforms.variants import prepare
 
-    return prepare(src, profiles, calib, images)
+    return prepare(src, profiles, calib, images, reference)
 
 
 def _build(

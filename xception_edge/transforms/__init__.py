@@ -42,11 +42,14 @@ def apply(
     verify_images: np.ndarray,
     params: dict | None = None,
     scales: dict | None = None,
+    reference: np.ndarray | None = None,
 ) -> tuple[object, list[dict]]:
     """``model`` transformed by each of ``names`` in order: (a new keras.Model, one record per
     transform). ``params`` maps a transform's name to its options, e.g. ``{"cle": {"alphas": [0.5]}}``.
     ``scales``, when given, receives each transform's per-layer scales (``{"cle:KIND:LAYER": array}``):
-    what an artifact keeps in transforms.npz so that `inspect` can rebuild the converted model."""
+    what an artifact keeps in transforms.npz so that `inspect` can rebuild the converted model.
+    ``reference``: ``model``'s outputs on ``verify_images`` when the caller has them (each
+    transform's outputs are the next one's reference: one forward pass per transform)."""
     names = [names] if isinstance(names, str) else list(names)
     known = ", ".join(TRANSFORMS)
     for name in names:
@@ -62,7 +65,10 @@ def apply(
         raise BadInput("transforms need verification images to check that the float outputs stay put")
     current, records = model, []
     for name in names:
-        current, record = TRANSFORMS[name](current, calibration, verify_images=verify_images, **params.get(name, {}))
+        current, record = TRANSFORMS[name](
+            current, calibration, verify_images=verify_images, reference=reference, **params.get(name, {})
+        )
+        reference = record.pop("_outputs", None)
         for key, value in record.pop("_scales", {}).items():
             if scales is not None:
                 scales[f"{name}:{key}"] = value

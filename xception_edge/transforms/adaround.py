@@ -18,8 +18,7 @@ activation); a SeparableConv2D is two steps, depthwise (per (c, m) channel) then
 on its own float input. Positions (output pixels) are subsampled; the record reports the output
 SQNR with round-to-nearest and with AdaRound on held-out positions.
 
-The float model changes on purpose (its kernels now lie on the grid): the record reports max |Δp|
-of the outputs, which ``tolerance`` (None: no limit) bounds.
+The float model changes on purpose (its kernels now lie on the grid): ``tolerance`` bounds max |Δp| (None: no limit).
 """
 
 from __future__ import annotations
@@ -107,8 +106,9 @@ def _patches(x: np.ndarray, layer, kh: int, kw: int) -> np.ndarray:
     return p.numpy()
 
 
-def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarray, **options):
-    """A new copy of ``model`` whose kernels lie on the grid, rounded by AdaRound; and its record."""
+def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarray, reference=None, **options):
+    """A new copy of ``model`` with kernels on the grid, rounded by AdaRound, and its record
+    (``reference``: ``model``'s outputs on ``verify_images``, when the caller has them)."""
     opts = _options(options)
     if calibration is None or not len(calibration):
         raise BadInput("adaround learns the rounding on calibration activations: pass --calibration")
@@ -126,10 +126,10 @@ def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarra
             step.x, i = None, i + 1
     for step in steps:
         step.var.assign(step.result.astype(np.float32))
-    ref = predict(model, verify_images)
+    ref = reference if reference is not None else predict(model, verify_images)
     out = predict(new, verify_images)
     diff = float(np.max(np.abs(out - ref))) if steps else 0.0
-    record = {"name": "adaround", "params": _jsonable(opts), "images": len(images), "skipped": skipped}
+    record = {"name": "adaround", "params": _jsonable(opts), "images": len(images), "skipped": skipped, "_outputs": out}
     record["layers"] = [step.entry for step in steps]
     record["max_abs_dp"] = diff
     record["top1_agreement"] = float(np.mean(out.argmax(-1) == ref.argmax(-1)))

@@ -71,8 +71,9 @@ class _Site:
         return f"{self.sink}:{self.layer.name}"
 
 
-def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarray, **options):
-    """A new, bias-corrected copy of ``model`` and its record; ``model`` itself is not changed."""
+def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarray, reference=None, **options):
+    """A new, bias-corrected copy of ``model`` and its record; ``model`` itself is not changed.
+    ``reference``: ``model``'s outputs on ``verify_images`` when the caller has them."""
     opts = _options(options)
     t0 = time.perf_counter()
     qmax = _qmax(opts)
@@ -90,8 +91,9 @@ def transform(model, calibration: np.ndarray | None, *, verify_images: np.ndarra
         _correct(site, site.delta)
     record["layers"] = [_entry(site) for site in sites]
     record["_scales"] = {site.key: site.delta.astype(np.float32) for site in sites}  # for transforms.npz
-    ref = predict(model, verify_images)
-    diff = float(np.max(np.abs(predict(new, verify_images) - ref))) if sites else 0.0
+    ref = reference if reference is not None else predict(model, verify_images)
+    record["_outputs"] = predict(new, verify_images)  # the next transform's reference
+    diff = float(np.max(np.abs(record["_outputs"] - ref))) if sites else 0.0
     record["max_abs_dp"] = diff
     names = [site.layer.name for site in sites]
     record["weight_quantized"] = {

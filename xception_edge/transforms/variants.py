@@ -85,9 +85,10 @@ def variant_key(profile: TargetProfile) -> tuple:
     return (names, json.dumps(grid_params(profile), sort_keys=True)) if names else ()
 
 
-def prepare(src, profiles: list[TargetProfile], calib, images: np.ndarray | None) -> dict:
+def prepare(src, profiles: list[TargetProfile], calib, images: np.ndarray | None, reference: np.ndarray | None = None) -> dict:
     """{variant_key: (source model, the manifests' ``transforms`` table or None, the per-layer
-    values)}. Checked on ``images`` (verification), else on calibration images."""
+    values)}. Checked on ``images`` (verification; ``reference``: the source's outputs on them,
+    when the caller has them), else on calibration images."""
     from . import apply
 
     calibration = calib.images if calib is not None else None
@@ -103,7 +104,10 @@ def prepare(src, profiles: list[TargetProfile], calib, images: np.ndarray | None
         t0 = time.perf_counter()
         scales: dict = {}
         with console.progress(f"Applying {' + '.join(names)} to {src.spec}", total=None):
-            model, records = apply(src.keras_model, names, calibration, verify_images=check_images, params=params, scales=scales)
+            model, records = apply(
+                src.keras_model, names, calibration, verify_images=check_images, params=params, scales=scales,
+                reference=reference if images is not None else None,
+            )  # fmt: skip
         seconds = round(time.perf_counter() - t0, 2)
         console.info(f"{' + '.join(names)}: float outputs move by max |Δp| {_max_dp(records):.2g}; {seconds} s")
         variant = dataclasses.replace(src, keras_model=model, _predict_fn=_predictor(model))

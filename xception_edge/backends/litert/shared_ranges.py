@@ -25,6 +25,7 @@ import importlib.util
 
 import numpy as np
 
+from ...errors import ConversionFailed
 from ...model_io import _all_layers
 from .ops import _references
 
@@ -48,8 +49,15 @@ def onnxruntime_ranges(src, exports, calib, label: str, record: dict):
     from ..onnxruntime.calibrate import calibration_cache, load_first, load_ranges
     from ..onnxruntime.convert import OPSET, preprocessed
 
-    path = exports.onnx(OPSET)
-    cache, reused = calibration_cache(preprocessed(path), calib, "minmax", f"{label}: ranges (ONNX Runtime)")
+    path = exports.onnx(OPSET, tf2onnx=False)  # tf2onnx's export would cost GBs: not for this
+    if path is None or not exports.onnx_exporter.get(OPSET, "").startswith(onnx_export.TOOL):
+        record["why"] = "the ONNX writer could not export the model"
+        return None
+    try:
+        cache, reused = calibration_cache(preprocessed(path), calib, "minmax", f"{label}: ranges (ONNX Runtime)")
+    except ConversionFailed as exc:
+        record["why"] = str(exc)
+        return None
     onnx_first, full = load_first(cache), load_ranges(cache)
 
     def ranges(first: bytearray) -> bytes | None:
