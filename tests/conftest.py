@@ -11,6 +11,8 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from raycluster import ray_cluster  # noqa: E402,F401  (the session's one two-node Ray cluster: tests/raycluster.py)
+
 
 def write_images(root: Path, classes=("a", "b", "c"), per_class: int = 12, size=(40, 48), seed: int = 0) -> Path:
     """Class folders of PNG stripe images; class k has stripes at angle k*180/len(classes)."""

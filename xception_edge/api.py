@@ -96,13 +96,20 @@ def evaluate(
     keep: bool = False,
     rounds: int | None = None,
     cooldown: float | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    ship_data: bool = False,
+    shard_size: int | None = None,
 ) -> Report:
     """Keras fp32 and every artifact of ``artifacts`` on the labelled images of ``data``; writes
     ``report/report.{json,md,html}`` and returns the report as a typed ``Report``: its
     ``reference`` and ``artifacts`` are ``ReportRow``s (``report.to_dict()`` is report.json's
     content; schema: docs/report-schema.md). With ``device`` (as in ``bench``) every artifact
     also runs there on the same images: ``report.devices`` holds those rows, each with its
-    device, latency and parity with this host's outputs."""
+    device, latency and parity with this host's outputs. With ``executor="ray"`` the accuracy
+    passes run as Ray tasks over shards of ``shard_size`` images (default 256) on the cluster at
+    ``ray_address`` (None: a local Ray), reading the files where every node sees them or, with
+    ``ship_data``, sending them through Ray's object store; latency is still timed here."""
     from .evaluation import EvaluateRequest, run_evaluate
 
     req = EvaluateRequest(
@@ -116,6 +123,10 @@ def evaluate(
         decode_threads=decode_threads,
         unsafe_model=unsafe_model,
         device=_device_run(device, device_python, keep, runs=runs, warmup=warmup, rounds=rounds, cooldown=cooldown),
+        executor=executor,
+        ray_address=ray_address,
+        ship_data=ship_data,
+        shard_size=shard_size,
     )
     return run_evaluate(req)
 
@@ -240,6 +251,41 @@ def gate(report: str | Path | Report | dict, *, gates: str | Path | None = None)
         data = load_report(Path(report))
     overrides = load_gates_file(Path(gates)) if gates is not None else {}
     return evaluate_gates(data, overrides)
+
+
+def sweep(
+    model: str | Path,
+    target: str | Path,
+    *,
+    calibration: str | Path,
+    validation: str | Path,
+    grid,
+    out: str | Path = "sweep",
+    calibration_root: str | Path | None = None,
+    labels: str | Path | None = None,
+    unsafe_model: bool = False,
+    resize: str = "resize",
+    crop_fraction: float = 0.875,
+    interpolation: str = "bilinear",
+    executor: str = "local",
+    ray_address: str | None = None,
+    resume: bool = False,
+) -> dict:
+    """Convert one int8 ``target`` over ``grid`` (a .toml/.json path, ``"KEY=V1,V2"`` strings, or a
+    mapping such as ``{"size": [100, 300], "seed": [0, 1, 2]}``; axes size, seed, method,
+    transforms), evaluate each cell on ``validation`` against the Keras model (computed once), here
+    or as Ray tasks (``executor="ray"``), and write ``out/sweep.{json,md,html}`` and each cell's
+    artifact under ``out/cells/``. Returns sweep.json's content; its ``recommendation`` holds the
+    smallest calibration size whose spread over seeds is within noise, and how that was judged."""
+    from .sweeps.run import SweepRequest, run_sweep
+
+    req = SweepRequest(
+        model=str(model), target=str(target), calibration=Path(calibration), validation=Path(validation), grid=grid,
+        out=Path(out), calibration_root=_path(calibration_root), labels=_path(labels), unsafe_model=unsafe_model,
+        resize=resize, crop_fraction=crop_fraction, interpolation=interpolation, executor=executor,
+        ray_address=ray_address, resume=resume,
+    )  # fmt: skip
+    return run_sweep(req)
 
 
 def _path(value: str | Path | None) -> Path | None:

@@ -72,4 +72,4 @@ def main() -> None:
 
 
 # The commands, one module per family; importing them registers them on `cli`.
-from . import cli_catalog, cli_convert, cli_device, cli_harness  # noqa: E402, F401
+from . import cli_catalog, cli_convert, cli_device, cli_harness, cli_sweep  # noqa: E402, F401

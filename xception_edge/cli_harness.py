@@ -63,7 +63,11 @@ def bench(artifact, runs, warmup, threads, data, reference, device, device_pytho
     help="Labelled images: class sub-folders named as in labels.txt, or a list file of 'relative/path label' lines.",
 )
 @opt.report(Path("report"), "Folder for report.json, report.md, report.html and the per-artifact results.")
-@click.option("--resume", is_flag=True, help="Reuse the results an earlier (interrupted) run stored in OUT/results/.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Reuse the results (and Ray shards) an earlier (interrupted) run stored in OUT/results/ (OUT/shards/).",
+)
 @opt.runs("Timed latency runs per model.")
 @opt.warmup("Untimed runs first.")
 @click.option(
@@ -75,10 +79,20 @@ def bench(artifact, runs, warmup, threads, data, reference, device, device_pytho
 )
 @opt.unsafe_model()
 @opt.device
+@opt.executor(
+    "ray: the accuracy passes as Ray tasks over shards of the images (pip install 'xception-edge[ray]'); "
+    "latency is still timed here."
+)
+@click.option(
+    "--ship-data",
+    is_flag=True,
+    help="Send the images, artifacts and model through Ray's object store (nodes without a shared filesystem).",
+)
+@click.option("--shard-size", type=int, default=None, help="Images per Ray task, a multiple of 32 (default 256).")
 @opt.json_output()
 def evaluate(
     model, artifacts, data, report, resume, runs, warmup, decode_threads, unsafe_model, device, device_python, keep, rounds,
-    cooldown, json_out,
+    cooldown, executor, ray_address, ship_data, shard_size, json_out,
 ):  # fmt: skip
     """Compare the Keras fp32 model and every artifact on the same labelled images: top-1/top-5,
     drop vs fp32, agreement, flips per class, latency, size; writes OUT/report.{json,md,html}.
@@ -104,6 +118,10 @@ def evaluate(
         keep=keep,
         rounds=rounds,
         cooldown=cooldown,
+        executor=executor,
+        ray_address=ray_address,
+        ship_data=ship_data,
+        shard_size=shard_size,
     )
     if json_out:
         _emit_json(result.to_dict(), json_out)

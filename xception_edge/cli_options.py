@@ -27,6 +27,19 @@ def options(*decorators):
     return apply
 
 
+def executor(help: str):
+    """``--executor local|ray`` and ``--ray-address HOST:PORT``: where the work runs."""
+    return options(
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help=help),
+        click.option(
+            "--ray-address",
+            metavar="HOST:PORT",
+            default=None,
+            help="With --executor ray: the Ray cluster's head (default: a local Ray).",
+        ),
+    )
+
+
 def model(help: str):
     """``--model M``: the Keras source model (required)."""
     return click.option("--model", "model", required=True, metavar="M", help=help)

@@ -14,6 +14,17 @@ def configure(*, quiet: bool = False) -> None:
     _state["quiet"] = quiet
 
 
+@contextlib.contextmanager
+def quieted() -> Iterator[None]:
+    """Info lines and progress bars off for a while (a sweep's cells); warnings and errors still show."""
+    before = _state["quiet"]
+    _state["quiet"] = True
+    try:
+        yield
+    finally:
+        _state["quiet"] = before
+
+
 def _err_is_tty() -> bool:
     return sys.stderr.isatty()
 

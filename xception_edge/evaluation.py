@@ -5,6 +5,9 @@ latency and size, written as report.json / report.md / report.html.
 Images are decoded once (background threads fill one array while the first model consumes it in
 order) and shared by every backend. Each finished result is stored under REPORT/results/,
 keyed by what decides it, so `--resume` skips what an interrupted run already finished.
+With ``executor="ray"`` the accuracy passes run as Ray tasks over shards (xception_edge.scale)
+and their per-image results are scored here by the same functions (``keras_result``,
+``artifact_row``).
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class EvaluateRequest:
     decode_threads: int = 2  # 0: decode in the main thread, before inference (no overlap)
     unsafe_model: bool = False
     device: object | None = None  # devices.evaluate.DeviceRun: run every artifact there too
+    executor: str = "local"  # "ray": the accuracy passes as Ray tasks over shards (xception_edge.scale)
+    ray_address: str | None = None
+    ship_data: bool = False  # send images, artifacts and model through Ray's object store
+    shard_size: int | None = None  # images per Ray task (a multiple of BATCH); None: scale.evaluate.SHARD_SIZE
 
 
 # ------------------------------------------------------------------ results cache (--resume)
@@ -144,7 +151,7 @@ class _Run:
 class _Shared:
     """The decoded images and the Keras reference every artifact is scored against."""
 
-    feed: object  # imagefeed.ImageFeed, every image decoded
+    feed: object  # imagefeed.ImageFeed, every image decoded (None on Ray: the workers decoded them)
     reference: ReportRow
     predictions: dict[str, str]
     label_of: dict[str, str]  # image key -> its true class
@@ -169,6 +176,10 @@ def _run_evaluate(req: EvaluateRequest) -> Report:
     for option, value in (("--warmup", req.warmup), ("--decode-threads", req.decode_threads)):
         if value < 0:
             raise BadInput(f"{option} {value} must not be negative")
+    if req.executor != "local" or req.ray_address or req.ship_data or req.shard_size is not None:
+        from .scale.evaluate import check_request
+
+        req = check_request(req)  # before any data is hashed: Ray installed, --ray-address reachable
     arts = discover_artifacts(Path(req.artifacts), Path(req.report))
     spec, labels = shared_preprocessing(arts)
     data = labelled_images(req.data, labels, require_labels=True)
@@ -211,9 +222,12 @@ def _results(run: _Run) -> tuple[dict, ReportRow, list[ReportRow], list[ReportRo
         console.info(f"--resume: reusing {len(reused)} finished result(s) from {run.store.folder}: {', '.join(reused)}")
     todo = [a for a in run.arts if not cached[a.name]]
     keras, rows, device_rows, timing = keras_cached, {}, {}, {}
+    compute = _compute
+    if run.req.executor == "ray":
+        from .scale.evaluate import compute
     try:
         if not (keras_cached and not todo):
-            keras, rows, device_rows, timing = _compute(run, todo, keras_cached)
+            keras, rows, device_rows, timing = compute(run, todo, keras_cached)
     except KeyboardInterrupt:
         done = len(run.store.used)
         if done:
@@ -250,6 +264,7 @@ def _assemble(run: _Run, keras: dict, reference: ReportRow, artifacts: list[Repo
             "batch": BATCH,
             "mlperf_ratio": MLPERF_RATIO,
             "drop_ci": {"method": "paired bootstrap, percentile", "level": CI_LEVEL, "resamples": RESAMPLES, "seed": SEED},
+            **({"executor": "ray", "shard_size": run.req.shard_size} if run.req.executor == "ray" else {}),
         },
         model={"spec": run.req.model, "sha256": keras["model_sha256"], **keras["model"]},
         preprocessing=run.spec.to_dict(),
@@ -296,8 +311,14 @@ def _shared(run: _Run, feed, keras: dict) -> _Shared:
     ok = feed.decoded
     if len(ok) == 0:
         raise BadInput(f"no image of {run.data.origin} could be decoded: {feed.failed[0]}")
+    return shared_reference(run, keras, sorted(feed.failed), feed.x[ok[0]][None], feed)
+
+
+def shared_reference(run: _Run, keras: dict, failed_idx: list[int], x0: np.ndarray, feed=None) -> _Shared:
+    """What every artifact row is scored against: the Keras result, the true classes, the
+    undecodable images and the image latency is timed on."""
     label_of = dict(zip(run.data.keys, (run.labels[t] for t in run.data.targets)))
-    return _Shared(feed, keras["row"], keras["predictions"], label_of, sorted(feed.failed), feed.x[ok[0]][None])
+    return _Shared(feed, keras["row"], keras["predictions"], label_of, failed_idx, x0)
 
 
 def _artifact_row(run: _Run, a: Artifact, shared: _Shared) -> tuple[ReportRow, ReportRow | None]:
@@ -310,10 +331,24 @@ def _artifact_row(run: _Run, a: Artifact, shared: _Shared) -> tuple[ReportRow, R
     load_ms = (time.perf_counter() - t1) * 1000
     console.info(f"[{a.name}] predicting {len(shared.feed.decoded)} images")
     idx, probs, _ = _predict(rt.predict, shared.feed, len(run.labels))
-    acc, preds = _score(probs, idx, run.data, run.labels, shared.failed_idx)
-    stats = measure_latency(rt, shared.x0, runs=run.req.runs, warmup=run.req.warmup, load_ms=load_ms, what=a.name)
+    base = row_base(a, rt)
+    row = artifact_row(run, shared, base, rt, idx, probs, load_ms=load_ms, t1=t1)
+    if run.device is None:
+        return row, None
+    from .devices.evaluate import device_row
+
+    def score(outputs: np.ndarray) -> ReportRow:
+        acc, preds = _score(outputs, idx, run.data, run.labels, shared.failed_idx)
+        return _compare(base, acc, preds, shared.reference, shared.predictions, shared.label_of)
+
+    inputs = shared.feed.x[idx]
+    return row, device_row(run.device, a.folder, a.manifest, row, inputs, probs, score)
+
+
+def row_base(a: Artifact, rt) -> ReportRow:
+    """An artifact's row before it is scored: what its manifest and runtime say."""
     m, budget = a.manifest, a.manifest.accuracy_budget
-    row = ReportRow(
+    return ReportRow(
         name=a.name,
         path=str(a.folder.resolve()),
         target=m.target,
@@ -328,17 +363,13 @@ def _artifact_row(run: _Run, a: Artifact, shared: _Shared) -> tuple[ReportRow, R
         float_mac_share=budget.float_mac_share if budget else None,
         max_drop_pp=budget.max_drop_pp if budget else None,
     )
-    base = row
-    row = _compare(row, acc, preds, shared.reference, shared.predictions, shared.label_of)
-    warning = "; ".join(filter(None, [cpu_mismatch(m), rt.note])) or None
-    row = dataclasses.replace(row, latency=stats.to_dict(), cpu_warning=warning, seconds=time.perf_counter() - t1)
-    if run.device is None:
-        return row, None
-    from .devices.evaluate import device_row
 
-    def score(outputs: np.ndarray) -> ReportRow:
-        acc, preds = _score(outputs, idx, run.data, run.labels, shared.failed_idx)
-        return _compare(base, acc, preds, shared.reference, shared.predictions, shared.label_of)
 
-    inputs = shared.feed.x[idx]
-    return row, device_row(run.device, a.folder, m, row, inputs, probs, score)
+def artifact_row(run: _Run, shared: _Shared, base: ReportRow, rt, idx, probs, *, load_ms: float, t1: float) -> ReportRow:
+    """The artifact's row from its predictions (``probs`` of images ``idx``, made here or on Ray
+    workers): scored against Keras, with its latency timed here on ``rt``."""
+    acc, preds = _score(probs, idx, run.data, run.labels, shared.failed_idx)
+    stats = measure_latency(rt, shared.x0, runs=run.req.runs, warmup=run.req.warmup, load_ms=load_ms, what=base.name)
+    row = _compare(base, acc, preds, shared.reference, shared.predictions, shared.label_of)
+    warning = "; ".join(filter(None, [cpu_mismatch(rt.manifest), rt.note])) or None
+    return dataclasses.replace(row, latency=stats.to_dict(), cpu_warning=warning, seconds=time.perf_counter() - t1)

@@ -52,8 +52,6 @@ def load_model(req, spec: PreprocessSpec, labels: list[str]):
 def keras_pass(req, src, predict, labels, data: LabelledImages, feed, t_feed: float, load_seconds: float) -> tuple[dict, dict]:
     """Predict every image with Keras as it is decoded, then time it: (the Keras result as the
     results store keeps it, the timing of the pass)."""
-    from .latency import summarize, time_invoke
-
     console.info(f"[{KERAS}] predicting {len(feed)} images (decoding in {feed.workers or 'the main'} thread(s) meanwhile)")
     idx, probs, busy = _predict(predict, feed, len(labels))
     timing = {
@@ -64,20 +62,30 @@ def keras_pass(req, src, predict, labels, data: LabelledImages, feed, t_feed: fl
         "decode_cpu_seconds": feed.decode_cpu_seconds,
         "serial_estimate_seconds": feed.decode_cpu_seconds + busy,
     }
-    failed_idx = sorted(feed.failed)
     if len(idx) == 0:
         raise BadInput(f"no image of {data.origin} could be decoded: {feed.failed[0]}")
+    result = keras_result(req, src, predict, labels, data, idx, probs, feed.failed, feed.x[idx[0]][None], load_seconds)
+    return result, timing
+
+
+def keras_result(req, src, predict, labels, data: LabelledImages, idx, probs, failed: dict, x0, load_seconds: float) -> dict:
+    """The Keras result from its predictions (``probs`` of images ``idx``, made here or on Ray
+    workers; ``failed``: image index -> why it could not be decoded), with its latency timed here
+    on ``x0``: the result as the results store keeps it."""
+    from .latency import summarize, time_invoke
+
+    failed_idx = sorted(failed)
     if failed_idx:
         console.warn(
             f"{len(failed_idx)} image(s) could not be decoded; counted as misses for every model: "
-            f"{'; '.join(feed.failed[i] for i in failed_idx[:3])}"
+            f"{'; '.join(failed[i] for i in failed_idx[:3])}"
         )
     acc, preds = _score(probs, idx, data, labels, failed_idx)
     with console.progress(f"Timing {KERAS}: {req.warmup} warm-up + {req.runs} runs", total=None):
-        first_ms, samples = time_invoke(predict, feed.x[idx[0]][None], runs=req.runs, warmup=req.warmup)
+        first_ms, samples = time_invoke(predict, x0, runs=req.runs, warmup=req.warmup)
     stats = summarize(samples, warmup=req.warmup, threads=os.cpu_count() or 1, load_ms=load_seconds * 1000, first_ms=first_ms)
     keys = data.keys
-    result = {
+    return {
         "row": _keras_row(req.model, src.kind, acc, stats.to_dict()),
         "predictions": preds,
         "model_sha256": src.sha256,
@@ -85,11 +93,10 @@ def keras_pass(req, src, predict, labels, data: LabelledImages, feed, t_feed: fl
         "data": {
             "images": len(data.files),
             "decoded": int(len(idx)),
-            "undecodable": [{"image": keys[i], "label": labels[data.targets[i]], "error": feed.failed[i]} for i in failed_idx],
+            "undecodable": [{"image": keys[i], "label": labels[data.targets[i]], "error": failed[i]} for i in failed_idx],
             "per_class_images": {c: v["images"] for c, v in acc["per_class"].items()},
         },
     }
-    return result, timing
 
 
 def _keras_row(model: str, kind: str, acc: dict, latency: dict) -> ReportRow:

@@ -105,7 +105,38 @@ def notes(report: Report) -> list[str]:
     reused = [r.name for r in rows(report) if r.reused]
     if reused:
         out.append(f"reused from an earlier run (--resume): {', '.join(reused)}")
+    if report.settings.get("executor") == "ray":
+        ray = report.timing.get("ray") or {}
+        how = f": {ray['shards']} shard(s), {ray['computed']} computed, {ray['reused']} reused" if "shards" in ray else ""
+        out.append(
+            f"accuracy computed on Ray{how}; latency measured on this host ({report.host.get('cpu')}), not on the Ray workers"
+        )
     return out
+
+
+def ray_lines(report: Report) -> list[str]:
+    """`evaluate --executor ray`: images/s per node and in all (report.md)."""
+    ray = report.timing.get("ray")
+    if not isinstance(ray, dict) or not ray.get("nodes"):
+        return []
+    lines = [
+        "",
+        "## Ray throughput",
+        "",
+        "| node | shards | images | busy s | loading s | images/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n in ray["nodes"]:
+        rate = f"{n['images_per_s']:.1f}" if n.get("images_per_s") else "—"
+        lines.append(
+            f"| {n['ip']} ({n['node_id'][:8]}) | {n['shards']} | {n['images']} | {n['busy_seconds']:.1f} | {n['load_seconds']:.1f} | {rate} |"
+        )
+    total = f"{ray['images_per_s']:.1f}" if ray.get("images_per_s") else "—"
+    lines += [
+        "",
+        f"Total: {ray['images']} images in {ray['wall_seconds']:.1f} s, {total} images/s (an image: Keras and every artifact).",
+    ]
+    return lines
 
 
 def timing_sentence(report: Report) -> str:
@@ -167,6 +198,7 @@ def markdown(report: Report) -> str:
     if d["undecodable"]:
         lines += ["", "## Undecodable images (counted as misses)", ""]
         lines += [f"- `{u['image']}` ({u['label']}): {u['error']}" for u in d["undecodable"]]
+    lines += ray_lines(report)
     if "first_pass_wall_seconds" in report.timing:
         lines += ["", "## Timing", "", timing_sentence(report)]
     return "\n".join(lines) + "\n"

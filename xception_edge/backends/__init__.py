@@ -33,6 +33,10 @@ class BackendSpec:
     native_bench: bool = False  # has native_bench.py: the vendor's own benchmark tool (bench/run_matrix.py)
     check_profile: Callable | None = None  # (profile, path) -> None: backend-specific profile rules
     settings: tuple[str, ...] = ()  # [quantization] keys only it reads: other backends' profiles must leave them unset
+    # `sweep`'s method axis: the [quantization] key that picks how its calibration turns activation
+    # statistics into ranges, and the values it takes; no key with one value: a fixed method, named for the record.
+    calibration_setting: str = ""
+    calibration_methods: tuple[str, ...] = ()
     convert_requires: tuple[tuple[str, str], ...] = ()  # (module, pip extra bringing it) its converter imports
     quantize_requires: tuple[tuple[str, str], ...] = ()  # the same, for calibrated int8 only
     native_scope: str = ""  # regex: ignored_scope entries that may name an op/tensor of its converted model

@@ -12,6 +12,7 @@ SPEC = BackendSpec(
     emulated_versions=(("ai-edge-litert", "2.3.0"),),
     colour="#1f77b4",
     native_bench=True,
+    calibration_methods=("minmax",),  # TFLite's calibrator records each tensor's min and max: no choice
     convert_requires=(("tensorflow", "convert"), ("keras", "convert")),
     native_scope=r".*[/;].*",
     native_names="TFLite tensor names",

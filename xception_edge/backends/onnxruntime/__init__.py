@@ -28,6 +28,8 @@ SPEC = BackendSpec(
     float_io_only=True,
     check_profile=check_profile,
     settings=("x86_without_vnni",),
+    calibration_setting="calibration_method",  # ORT's CalibrationMethod MinMax / Entropy / Percentile
+    calibration_methods=("minmax", "entropy", "percentile"),
     convert_requires=(
         ("tensorflow", "convert"),
         ("keras", "convert"),
