@@ -7,7 +7,7 @@ conversion time. What it records per tensor is a min and a max, which merge exac
 worker processes (``calibrate_worker.py``: TFLite's calibration wrapper alone, no TensorFlow)
 calibrate the other shares of the same float model; their min/max are merged into its
 calibrated model in place. The rest of TFLiteConverter's work (its MLIR quantizer, buffer
-de-duplication, metadata) is untouched; ``tests/test_convert_tflite.py`` checks that the final
+de-duplication, metadata) is untouched; ``tests/test_calibration_sharing.py`` checks that the final
 model is byte-identical to a one-process conversion.
 """
 
