@@ -190,6 +190,8 @@ def test_resume_after_interrupted_driver_recomputes_only_missing_shards(setup, r
     finally:
         proc.kill()
     assert proc.returncode == 130, output
+    live = [n for n in ray_cluster.nodes if n.raylet_pid()]
+    assert _wait(lambda: not any(n.running("ray::shard_task") for n in live), 60), "shards still run after Ctrl-C"
     kept = shard_files(out)
     assert 1 <= len(kept) < 8 and not list((out / "shards").glob(".xe-tmp-*"))
     assert "rerun with --resume" in output and not (out / "report.json").exists()

@@ -15,7 +15,7 @@ from ..errors import BadInput, BackendUnavailable
 
 EXECUTORS = ("local", "ray")
 CONNECT_TIMEOUT_S = 5.0
-_state: dict = {"address": None}
+_state: dict = {"address": None, "owned": False}
 
 
 def check_executor(executor: str) -> None:
@@ -73,8 +73,19 @@ def connect(address: str | None):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     local = {} if address else {"include_dashboard": False}  # a Ray this process starts: no dashboard
     ray.init(address=address, logging_level="ERROR", log_to_driver=False, **local)
-    _state["address"] = address
+    _state["address"], _state["owned"] = address, True
     return ray
+
+
+def stop_tasks(ray) -> None:
+    """Stop this driver's tasks after an error or Ctrl-C: disconnect, and Ray ends the job and
+    kills its workers. Not ``ray.cancel``: in Ray 2.60 a cancel that races with a task finishing at
+    that moment fails a RAY_CHECK ("Tried to complete task that was not pending") and the whole
+    process exits with 1, no message. A Ray session the caller started is left alone (its tasks
+    run to their end, their results unused)."""
+    if _state["owned"] and ray.is_initialized():
+        ray.shutdown()
+        _state["address"], _state["owned"] = None, False
 
 
 def map_tasks(
@@ -108,7 +119,7 @@ def map_tasks(
 
 def gather(ray, refs: list, on_done: Callable | None = None) -> list:
     """The results of ``refs`` in order, calling on_done(index, result) as each finishes; on an
-    error or Ctrl-C the tasks still pending are cancelled."""
+    error or Ctrl-C the tasks still pending are stopped (:func:`stop_tasks`)."""
     index = {ref: i for i, ref in enumerate(refs)}
     results: list = [None] * len(refs)
     pending = list(refs)
@@ -120,8 +131,8 @@ def gather(ray, refs: list, on_done: Callable | None = None) -> list:
             if on_done is not None:
                 on_done(i, results[i])
     except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        if pending:
+            stop_tasks(ray)
         raise
     return results
 
