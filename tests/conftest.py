@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,12 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Ray: token authentication (its default for a new local cluster), with a token of this session in
+# the environment every node, driver and subprocess inherits, set before anything imports ray.
+# Whatever the user's ~/.ray/auth_token holds (Ray writes one on a local `ray.init()`) or lacks, the
+# test clusters and their clients then agree, and no test writes one.
+os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
 from raycluster import ray_cluster  # noqa: E402,F401  (the session's one two-node Ray cluster: tests/raycluster.py)
 

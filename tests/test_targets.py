@@ -47,6 +47,9 @@ def test_unknown_key_names_key_and_file(tmp_path):
         load_profile(f)
 
 
+_INT8 = 'name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "int8"\n'
+
+
 @pytest.mark.parametrize(
     "body,match",
     [
@@ -72,6 +75,24 @@ def test_unknown_key_names_key_and_file(tmp_path):
             'name = "x"\nbackend = "openvino"\nformat = "openvino-ir"\nprecision = "int8"\n[quantization]\ndisable_bias_correction = 1\n',
             "disable_bias_correction must be true or false",
         ),
+        *[
+            (
+                _INT8 + f'[quantization]\ntransforms = ["cle", "adaround"]\n[quantization.transform_options.adaround]\n{line}\n',
+                words,
+            )
+            for line, words in (
+                ("iterations = 0", r"\[quantization.transform_options.adaround\]: adaround: iterations 0 must be at least 1"),
+                ('kinds = ["bogus"]', r"kinds \['bogus'\] must name some of: depthwise"),
+                ("weight_qmax = 63", "weight_qmax is set by the target's backend"),
+                ("iteration = 10", r"unknown option\(s\) iteration; known options: weight_bits"),
+                ('iterations = "many"', "an option has a value of the wrong kind"),
+            )
+        ],
+        (
+            _INT8 + '[quantization]\ntransforms = ["cle"]\n[quantization.transform_options.adaround]\niterations = 10\n',
+            r"\[quantization.transform_options.adaround\] is for a transform not in transforms = \['cle'\]",
+        ),
+        (_INT8 + "[quantization]\ntransform_options = 3\n", "transform_options must be a table of tables"),
     ],
 )
 def test_malformed_profiles_are_one_line_errors(tmp_path, body, match):
@@ -212,3 +233,30 @@ def test_a_backends_own_setting_is_refused_for_every_other_backend(tmp_path, set
 
 def test_x86_without_vnni_belongs_to_onnxruntime():
     assert "x86_without_vnni" in OWNED_SETTINGS and backends.get("onnxruntime").settings == ("x86_without_vnni",)
+
+
+def test_transform_options_reach_the_transform_with_the_backend_grid(tmp_path):
+    """A profile's [quantization.transform_options.NAME] table: parsed, merged with the grid the
+    backend fixes, written back by a sweep cell's profile and read again unchanged."""
+    import dataclasses
+
+    from xception_edge.sweeps.profile import profile_toml
+    from xception_edge.transforms.variants import grid_params, variant_key
+
+    f = tmp_path / "mine.toml"
+    f.write_text(
+        _INT8 + '[quantization]\ntransforms = ["cle", "adaround"]\n'
+        '[quantization.transform_options.adaround]\nkinds = ["depthwise"]\niterations = 300\n'
+        "[quantization.transform_options.cle]\nalphas = [0.5]\n"
+    )
+    p = load_profile(f)
+    assert p.quantization.transform_options == {"adaround": {"kinds": ["depthwise"], "iterations": 300}, "cle": {"alphas": [0.5]}}
+    assert grid_params(p) == {
+        "cle": {"alphas": [0.5]},
+        "adaround": {"kinds": ["depthwise"], "iterations": 300, "weight_qmax": 127},
+    }
+    plain = dataclasses.replace(p, quantization=dataclasses.replace(p.quantization, transform_options={}))
+    assert variant_key(p) != variant_key(plain)  # other options: another source variant
+    again = tmp_path / "again.toml"
+    again.write_text(profile_toml(p, "round trip"))
+    assert dataclasses.replace(load_profile(again), source="") == dataclasses.replace(p, source="")

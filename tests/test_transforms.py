@@ -245,3 +245,25 @@ def test_unknown_transform_in_a_profile_and_a_savedmodel_source_are_exit_2(small
     r = CliRunner().invoke(cli, [*base, "--model", str(small_saved_model), "--target", "arm64-litert-int8", "--transform", "cle"])
     assert r.exit_code == 2 and "is a SavedModel" in r.output and "--transform none" in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_profile_transform_options_reach_the_conversion_and_its_manifest(small_model, tmp_path):
+    """[quantization.transform_options.cle] changes what CLE does, and the manifest records it."""
+    from click.testing import CliRunner
+
+    from xception_edge.artifact import read_manifest
+    from xception_edge.cli import cli
+
+    path, train, _ = small_model
+    toml = tmp_path / "mine.toml"
+    builtin = (Path(__file__).parents[1] / "targets" / "arm64-litert-int8.toml").read_text()
+    toml.write_text(builtin.replace("\n[verify]", "\n[quantization.transform_options.cle]\nalphas = [0.5]\n\n[verify]", 1))
+    out = tmp_path / "o"
+    r = CliRunner().invoke(
+        cli, ["convert", "--model", str(path), "--target", str(toml), "--calibration", str(train), "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    m = read_manifest(out / "arm64-litert-int8")
+    assert m.transforms["params"]["cle"] == {"alphas": [0.5]}
+    assert m.transforms["records"][0]["params"]["alphas"] == [0.5]
+    assert m.profile["quantization"]["transform_options"] == {"cle": {"alphas": [0.5]}}

@@ -41,6 +41,8 @@ class QuantSpec:
     ignored_scope: tuple[str, ...] = ()  # layer names kept in float
     max_float_mac_share: float = 0.2  # convert --max-drop: the most of the model's MACs it may keep in float
     transforms: tuple[str, ...] = ()  # pre-quantization transforms of the Keras model, in order: "cle"
+    # options of those transforms, {transform: {option: value}} ([quantization.transform_options.NAME])
+    transform_options: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,10 +58,20 @@ def _section(table: dict, cls, where: str, path: Path):
                 raise BadInput(f"{path}: [{where}] {key} must be true or false, got {value!r}")
         elif "float" in hint or "int" in hint:
             value = _number(value, hint.startswith("int"), f"[{where}] {key}", path)
+        elif "dict" in hint:
+            value = _tables(value, f"[{where}] {key}", path)
         elif "str" in hint and not isinstance(value, str):
             raise BadInput(f"{path}: [{where}] {key} must be a string, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _tables(value, what: str, path: Path) -> dict:
+    """A table of tables (``[quantization.transform_options.adaround]``); their contents are
+    checked against the profile (``_check_consistent``)."""
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise BadInput(f"{path}: {what} must be a table of tables, e.g. [quantization.transform_options.adaround]")
+    return {str(k): dict(v) for k, v in value.items()}
 
 
 def _number(value, integer: bool, what: str, path: Path):
@@ -183,6 +193,15 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
         if value not in allowed:
             raise BadInput(f"{path}: [quantization] {key} = {value!r} is not one of: {', '.join(allowed)}")
     _check_backend_settings(q, spec, path)
+    from .transforms import check_options
+
+    for name, options in q.transform_options.items():
+        if name not in q.transforms:
+            raise BadInput(
+                f"{path}: [quantization.transform_options.{name}] is for a transform not in transforms = "
+                f"{list(q.transforms)}; add it there or remove the table"
+            )
+        check_options(name, options, f"{path}: [quantization.transform_options.{name}]")
     if not 0.0 <= q.max_float_mac_share <= 1.0:
         raise BadInput(f"{path}: [quantization] max_float_mac_share must be within 0..1, got {q.max_float_mac_share!r}")
     if q.subset_size is not None and (not isinstance(q.subset_size, int) or q.subset_size < 1):

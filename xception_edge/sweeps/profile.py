@@ -17,7 +17,8 @@ FILE = "profile.toml"
 def cell_profile(profile: TargetProfile, setting: str, cell: Cell) -> TargetProfile:
     """``profile`` with the cell's calibration size, transforms and (when the backend has a key for
     it) calibration method."""
-    changes: dict = {"transforms": cell.transforms}
+    kept = {k: v for k, v in profile.quantization.transform_options.items() if k in cell.transforms}
+    changes: dict = {"transforms": cell.transforms, "transform_options": kept}
     if setting:
         changes[setting] = cell.method
     q = dataclasses.replace(profile.quantization, **changes)
@@ -42,11 +43,18 @@ def profile_toml(profile: TargetProfile, comment: str) -> str:
     data = profile.to_dict()
     data.pop("source", None)
     lines = [f"# {comment}"]
+    return "\n".join(lines + _table(data, "")) + "\n"
+
+
+def _table(data: dict, name: str) -> list[str]:
+    """``data``'s values, then its tables (``[name.key]``), recursively; None entries left out."""
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    lines += [f"{k} = {_value(v)}" for k, v in data.items() if k not in tables and v is not None]
-    for name, table in tables.items():
-        lines += ["", f"[{name}]"] + [f"{k} = {_value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines) + "\n"
+    values = [f"{k} = {_value(v)}" for k, v in data.items() if k not in tables and v is not None]
+    lines = ["", f"[{name}]", *values] if name and (values or not tables) else values
+    for key, table in tables.items():
+        if table or not name:
+            lines += _table(table, f"{name}.{key}" if name else key)
+    return lines
 
 
 def write_cell_profile(folder: Path, profile: TargetProfile, cell: Cell) -> Path:

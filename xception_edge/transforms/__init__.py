@@ -29,6 +29,10 @@ REBUILDERS: dict[str, Callable] = {
 }
 # Transforms that work on the target's weight grid: their options depend on the profile.
 ON_GRID = ("bias_correction", "adaround")
+# Option checkers (each raises a one-line BadInput naming the option).
+CHECKERS: dict[str, Callable] = {"cle": cle._options, "bias_correction": bias_correction._options, "adaround": adaround._options}
+# Options a profile cannot set: the target's backend fixes the weight grid (variants.grid_params).
+GRID_KEYS = ("weight_bits", "weight_qmax", "depthwise_qmax", "layer_qmax")
 # Where each may stand in a list: AdaRound puts the kernels on the grid, so it comes last (a later
 # rescaling would move them off it).
 LAST = ("adaround",)
@@ -76,3 +80,17 @@ def apply(
     if not names:
         current = cle.clone(model)
     return current, records
+
+
+def check_options(name: str, options: dict, where: str) -> None:
+    """A profile's options for transform ``name``: known names, valid values, none of the grid's
+    (which the backend fixes); else a one-line BadInput starting with ``where``."""
+    fixed = sorted(set(options) & set(GRID_KEYS))
+    if fixed:
+        raise BadInput(f"{where}: {', '.join(fixed)} is set by the target's backend (its weight grid); remove it")
+    try:
+        CHECKERS[name](dict(options))
+    except BadInput as exc:
+        raise BadInput(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"{where}: an option has a value of the wrong kind ({exc})") from None

@@ -45,7 +45,10 @@ def with_transforms(profiles: list[TargetProfile], names: tuple[str, ...] | None
     for p in profiles:
         check_names(p.quantization.transforms, f"{p.source}: [quantization] transforms")
         if names is not None and p.precision.value in QUANTIZED:
-            p = dataclasses.replace(p, quantization=dataclasses.replace(p.quantization, transforms=tuple(names)))
+            kept = {k: v for k, v in p.quantization.transform_options.items() if k in names}  # options of the named ones stay
+            p = dataclasses.replace(
+                p, quantization=dataclasses.replace(p.quantization, transforms=tuple(names), transform_options=kept)
+            )
         out.append(p)
     return out
 
@@ -65,18 +68,27 @@ def check_source(profiles: list[TargetProfile], src, model: str, *, asked: bool)
         f"{model} is a SavedModel, without the Keras layers that transforms rewrite: {', '.join(wanting)} "
         "convert without their profiles' transforms (pass the .keras/.h5 model to have them)"
     )
-    return [dataclasses.replace(p, quantization=dataclasses.replace(p.quantization, transforms=())) for p in profiles]
+    return [
+        dataclasses.replace(p, quantization=dataclasses.replace(p.quantization, transforms=(), transform_options={}))
+        for p in profiles
+    ]
 
 
 def grid_params(profile: TargetProfile) -> dict:
-    """The options of the profile's transforms that depend on its weight grid: symmetric per
-    channel, -127..127, or -64..64 for ONNX Runtime's reduce_range (its quantizer's 7-bit range)."""
+    """The options of the profile's transforms: its own (``transform_options``) and, for those on the
+    weight grid, the grid's: symmetric per channel, -127..127, or -64..64 for ONNX Runtime's
+    reduce_range (its quantizer's 7-bit range)."""
     from . import ON_GRID, adaround
 
     # the grid as measured per backend against the artifacts' own weights (grid_check): NNCF's
     # overflow fix puts Convolution and MatMul weights on / 63.5 and leaves depthwise at / 127
     grid = adaround.grid_options(profile)
-    return {name: dict(grid) for name in profile.quantization.transforms if name in ON_GRID}
+    q = profile.quantization
+    params = {name: dict(q.transform_options.get(name, {})) for name in q.transforms}
+    for name in q.transforms:
+        if name in ON_GRID:
+            params[name] |= grid
+    return {name: opts for name, opts in params.items() if opts or name in ON_GRID}
 
 
 def variant_key(profile: TargetProfile) -> tuple:
