@@ -100,6 +100,29 @@ def test_onnxruntime_ranges_give_tflites_own_scales(small, small_saved_model, tm
     assert shared != own  # the ranges really came from elsewhere
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_another_calibration_method_gives_litert_that_methods_ranges(method, small, small_saved_model, tmp_path):
+    """calibration_method = percentile | entropy on LiteRT: the tensors are matched on min-max, and
+    ONNX Runtime's ranges of that method are written in; they are narrower than min-max (the
+    point of both methods), so every activation scale shrinks or stays, and many shrink."""
+    from xception_edge.backends.litert.calibrate import every_core
+    from xception_edge.backends.litert.shared_ranges import onnxruntime_ranges
+    from xception_edge.exports import Exports
+
+    src, calib = small
+    scales = {}
+    for m in ("minmax", method):
+        record: dict = {}
+        ranges = onnxruntime_ranges(src, Exports(src, tmp_path / "work"), calib, "t", record, m)
+        with every_core(calib.images, ranges=ranges, workers=1):
+            scales[m] = _scales(_converter(small_saved_model, calib.images).convert())
+        assert record["ranges"] == "onnxruntime" and record["method"] == m and record["tensors"] > 20, record
+    a, b = scales[method], scales["minmax"]
+    assert a.keys() == b.keys()
+    assert all(a[k] <= b[k] * (1 + 1e-6) for k in a)
+    assert sum(a[k] < b[k] * 0.99 for k in a) >= len(a) // 4, {k: a[k] / b[k] for k in a}
+
+
 def test_a_mismatched_tensor_stops_the_sharing(small, small_saved_model, tmp_path):
     """A TFLite tensor whose first-image range no ONNX tensor has: no ranges are shared."""
     from xception_edge.backends.litert.shared_ranges import match, tensor_ranges

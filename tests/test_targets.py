@@ -93,6 +93,10 @@ _INT8 = 'name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "int8"\n
             r"\[quantization.transform_options.adaround\] is for a transform not in transforms = \['cle'\]",
         ),
         (_INT8 + "[quantization]\ntransform_options = 3\n", "transform_options must be a table of tables"),
+        (
+            'name = "x"\nbackend = "openvino"\nformat = "openvino-ir"\nprecision = "int8"\n[quantization]\ncalibration_method = "entropy"\n',
+            "calibration_method is a litert or onnxruntime setting; remove it for backend openvino",
+        ),
     ],
 )
 def test_malformed_profiles_are_one_line_errors(tmp_path, body, match):
@@ -210,7 +214,10 @@ def _backend_profile(tmp_path, spec, quantization: str):
 
 
 OWNED_SETTINGS = sorted({key for spec in backends.registry().values() for key in spec.settings})
-OTHER_VALUES = {"activations_range": "minmax"}  # a value other than the default, for settings that are not bools
+OTHER_VALUES = {
+    "activations_range": "minmax",
+    "calibration_method": "percentile",
+}  # a value other than the default, for settings that are not bools
 
 
 @pytest.mark.parametrize("setting", OWNED_SETTINGS)
@@ -232,7 +239,8 @@ def test_a_backends_own_setting_is_refused_for_every_other_backend(tmp_path, set
 
 
 def test_x86_without_vnni_belongs_to_onnxruntime():
-    assert "x86_without_vnni" in OWNED_SETTINGS and backends.get("onnxruntime").settings == ("x86_without_vnni",)
+    assert "x86_without_vnni" in OWNED_SETTINGS and "x86_without_vnni" in backends.get("onnxruntime").settings
+    assert {s.name for s in backends.registry().values() if "calibration_method" in s.settings} == {"litert", "onnxruntime"}
 
 
 def test_transform_options_reach_the_transform_with_the_backend_grid(tmp_path):

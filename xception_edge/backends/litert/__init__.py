@@ -12,7 +12,11 @@ SPEC = BackendSpec(
     emulated_versions=(("ai-edge-litert", "2.3.0"),),
     colour="#1f77b4",
     native_bench=True,
-    calibration_methods=("minmax",),  # TFLite's calibrator records each tensor's min and max: no choice
+    # TFLite's calibrator records each tensor's min and max; the other methods are ONNX Runtime's
+    # calibrators on the run's ONNX export, their ranges written into TFLite's (shared_ranges.py)
+    settings=("calibration_method",),
+    calibration_setting="calibration_method",
+    calibration_methods=("minmax", "entropy", "percentile"),
     convert_requires=(("tensorflow", "convert"), ("keras", "convert")),
     native_scope=r".*[/;].*",
     native_names="TFLite tensor names",

@@ -36,6 +36,8 @@ def convert(
     saved_model = exports.saved_model()  # once per run; before the calibration progress starts
     calibration: dict = {}
     tflite_bytes, kept = _convert_bytes(saved_model, src, profile, calib, selective, exports, calibration)
+    if precision is Precision.INT8 and calib is not None and len(calib) > 0:
+        _check_method(profile, calibration)
     (stage / MODEL_FILE).write_bytes(tflite_bytes)
 
     float_nodes = frozenset(n for nodes in kept.values() for n in nodes)
@@ -60,7 +62,8 @@ def _convert_bytes(saved_model: Path, src: SourceModel, profile: TargetProfile, 
     else TFLite calibrates with one process per core (``calibrate.py``); either way
     TFLiteConverter quantizes."""
     int8 = profile.precision is Precision.INT8 and calib is not None and len(calib) > 0
-    ranges = onnxruntime_ranges(src, exports, calib, profile.name, record) if int8 and not selective else None
+    method = profile.quantization.calibration_method
+    ranges = onnxruntime_ranges(src, exports, calib, profile.name, record, method) if int8 and not selective else None
     with contextlib.ExitStack() as stack:
         on_image = None
         if int8:
@@ -77,6 +80,19 @@ def _convert_bytes(saved_model: Path, src: SourceModel, profile: TargetProfile, 
             return converter.convert(), {}
         except Exception as exc:
             raise ConversionFailed(f"{profile.name}: TFLiteConverter failed: {first_line(exc)}") from None
+
+
+def _check_method(profile: TargetProfile, record: dict) -> None:
+    """A calibration_method other than min-max needs ONNX Runtime's ranges (TFLite's calibrator
+    records min and max only): when they could not be used, the record and a warning say so."""
+    method = profile.quantization.calibration_method
+    if record.get("method", "minmax") != method:
+        record.update(method="minmax", method_asked=method, ranges=record.get("ranges", "tflite"))
+        why = record.get("why") or "layers kept in float (ignored_scope) are calibrated by TFLite"
+        console.warn(
+            f"{profile.name}: calibration_method = {method!r} takes ONNX Runtime's ranges, which this conversion "
+            f"could not use ({why}); TFLite calibrated with min-max"
+        )
 
 
 def build_converter(saved_model: Path, profile: TargetProfile, calib: CalibrationSet | None, *, on_image=None):

@@ -32,13 +32,15 @@ from .ops import _references
 RTOL, ATOL = 1e-3, 1e-4  # two float runtimes' first-image min/max agree to this
 
 
-def onnxruntime_ranges(src, exports, calib, label: str, record: dict):
+def onnxruntime_ranges(src, exports, calib, label: str, record: dict, method: str = "minmax"):
     """A ``ranges(first)`` for ``calibrate.every_core``, with ONNX Runtime's calibration done now
     (or reused from an earlier target of the run), or None (``record["why"]`` says why) when ONNX
-    Runtime cannot serve: not installed, or no Keras model the ONNX writer covers."""
+    Runtime cannot serve: not installed, or no Keras model the ONNX writer covers. ``method``:
+    how the injected ranges are computed (ONNX Runtime's min-max, entropy or percentile
+    calibrator); the tensors are matched on min-max ranges whatever the method."""
     from ... import onnx_export
 
-    record["ranges"] = "tflite"
+    record.update(ranges="tflite", method="minmax")
     if importlib.util.find_spec("onnxruntime") is None or src.keras_model is None:
         record["why"] = "ONNX Runtime or the Keras model is not available"
         return None
@@ -59,6 +61,14 @@ def onnxruntime_ranges(src, exports, calib, label: str, record: dict):
         record["why"] = str(exc)
         return None
     onnx_first, full = load_first(cache), load_ranges(cache)
+    chosen = full
+    if method != "minmax":
+        try:
+            other, reused = calibration_cache(preprocessed(path), calib, method, f"{label}: ranges ({method}, ONNX Runtime)")
+        except ConversionFailed as exc:
+            record["why"] = str(exc)
+            return None
+        chosen = load_ranges(other)
 
     def ranges(first: bytearray) -> bytes | None:
         """``first`` (TFLite's calibration on the first image) with every range over all images,
@@ -67,9 +77,13 @@ def onnxruntime_ranges(src, exports, calib, label: str, record: dict):
         if isinstance(matched, str):
             record["why"] = matched
             return None
-        worst = inject(first, {t: full[name] for t, (name, _) in matched.items()})
+        missing = sorted(name for name, _ in matched.values() if name not in chosen)
+        if missing:
+            record["why"] = f"ONNX Runtime's {method} calibration has no range for {missing[0]}"
+            return None
+        worst = inject(first, {t: chosen[name] for t, (name, _) in matched.items()})
         diffs = [d for _, d in matched.values()]
-        record.update(ranges="onnxruntime", tensors=len(matched), reused=reused, why=None)
+        record.update(ranges="onnxruntime", method=method, tensors=len(matched), reused=reused, why=None)
         record["max_first_image_diff"] = float(max(diffs, default=0.0))
         record["max_range_change_vs_first_image"] = worst
         return bytes(first)
