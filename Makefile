@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-accuracy bench-conversion venv clean system-deps
+.PHONY: demo test test-fast bench bench-accuracy bench-accuracy-seeds bench-conversion venv clean system-deps
 
 venv: $(STAMP)
 
@@ -42,6 +42,7 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/run_matrix.py
 	$(MAKE) bench-accuracy
+	$(MAKE) bench-accuracy-seeds
 	$(MAKE) bench-conversion
 
 # Conversion cost of full-size Xception (#13): the three int8 targets and --target all, wall time and
@@ -53,3 +54,8 @@ bench-conversion: $(STAMP)
 # vendor's default recipe, latency side by side: bench/accuracy.{json,md}, ~15 minutes (AdaRound included).
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy_table.py
+
+# The same int8 targets over 5 calibration draws (mean and spread: how the defaults were chosen):
+# bench/accuracy_seeds.{json,md}, ~25 minutes.
+bench-accuracy-seeds: $(STAMP)
+	$(BIN)/python bench/accuracy_seeds.py

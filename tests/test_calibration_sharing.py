@@ -149,7 +149,7 @@ def test_converted_litert_int8_records_where_its_ranges_came_from(converted_all)
     out, _, _ = converted_all
     m = read_manifest(out / "arm64-litert-int8")
     cal = m.conversion["calibration"]
-    assert cal["ranges"] == "onnxruntime", cal
+    assert cal["ranges"] == "onnxruntime" and cal["method"] == "minmax", cal
     assert cal["tensors"] > 20 and cal["max_first_image_diff"] < 1e-3
     json.dumps(cal)
 
@@ -162,10 +162,16 @@ def test_a_saved_model_input_calibrates_with_tflite_and_says_why(small_model, sm
 
     _, train, val = small_model
     out = tmp_path / "out"
-    args = ["convert", "--model", small_saved_model, "--target", "arm64-litert-int8", "--calibration", train]
+    profile = tmp_path / "entropy.toml"  # the built-in profile, with entropy ranges (ONNX Runtime's)
+    builtin = (Path(__file__).parents[1] / "targets" / "arm64-litert-int8.toml").read_text()
+    profile.write_text(builtin.replace('calibration_method = "minmax"', 'calibration_method = "entropy"', 1))
+    args = ["convert", "--model", small_saved_model, "--target", profile, "--calibration", train]
     args += ["--num-calibration", "16", "--verify-data", val, "--labels", tmp_path / "labels.txt", "--out", out]
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")
     r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     cal = read_manifest(out / "arm64-litert-int8").conversion["calibration"]
     assert cal["ranges"] == "tflite" and "Keras model is not available" in cal["why"], cal
+    # entropy ranges come from ONNX Runtime: not here, and the run says so
+    assert (cal["method"], cal["method_asked"]) == ("minmax", "entropy"), cal
+    assert "calibration_method = 'entropy' takes ONNX Runtime's ranges" in r.output

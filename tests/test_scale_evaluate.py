@@ -10,6 +10,7 @@ not an image, in shards of 32 (4 shards; the undecodable one is in the last)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -99,6 +100,7 @@ def test_equals_local_run_image_for_image(setup, ray_cluster):
     assert sum(n["images"] for n in ray["nodes"]) == 121 and all(n["images_per_s"] > 0 for n in ray["nodes"])
     assert rep["settings"]["executor"] == "ray" and rep["settings"]["shard_size"] == 32
     assert "computed 4 of 4 shards" in r.output and "images/s" in r.output
+    assert "for the device" not in r.output  # without --device the driver decodes no image
     md = (out / "report.md").read_text()
     assert "latency measured on this host" in md and "## Ray throughput" in md
     _top5_equals_local(model, artifacts, data, out)
@@ -258,3 +260,16 @@ def test_ray_is_not_imported_unless_asked():
         "assert 'ray' not in sys.modules, 'ray imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_cluster_token_we_do_not_have_is_one_line_and_exit_2(setup, ray_cluster, tmp_path):
+    """The test cluster uses Ray's token authentication; a driver without the token (none in the
+    environment, none in its ~/.ray) gets one line naming the address and where the token goes."""
+    model, artifacts, data, _ = setup
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
+    driver = [sys.executable, "-m", "xception_edge", *args(model, artifacts, data, tmp_path / "r", *on_ray(ray_cluster))]
+    r = subprocess.run(driver, capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
+    assert f"--ray-address {ray_cluster.address}: the Ray cluster asks for its authentication token" in lines[0]
+    assert not (tmp_path / "r").exists() and not (tmp_path / ".ray").exists()

@@ -157,7 +157,8 @@ def test_ctrl_c_exits_130_and_leaves_only_finished_cells(small_model, tmp_path):
     out = tmp_path / "out"
     args = [*sweep_args(small_model, out), "--grid", "size=8,16,32", "--grid", "seed=0,1,2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xception_edge", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-X", "faulthandler", "-m", "xception_edge", *map(str, args)],  # a crash shows where
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120

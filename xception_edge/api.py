@@ -109,7 +109,8 @@ def evaluate(
     device, latency and parity with this host's outputs. With ``executor="ray"`` the accuracy
     passes run as Ray tasks over shards of ``shard_size`` images (default 256) on the cluster at
     ``ray_address`` (None: a local Ray), reading the files where every node sees them or, with
-    ``ship_data``, sending them through Ray's object store; latency is still timed here."""
+    ``ship_data``, sending them through Ray's object store; latency is still timed here, and a
+    ``device`` still gets every artifact from here, with the same device rows as a local run."""
     from .evaluation import EvaluateRequest, run_evaluate
 
     req = EvaluateRequest(

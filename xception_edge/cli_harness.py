@@ -81,7 +81,7 @@ def bench(artifact, runs, warmup, threads, data, reference, device, device_pytho
 @opt.device
 @opt.executor(
     "ray: the accuracy passes as Ray tasks over shards of the images (pip install 'xception-edge[ray]'); "
-    "latency is still timed here."
+    "latency is still timed here, and --device still runs every artifact on the device from here."
 )
 @click.option(
     "--ship-data",

@@ -151,7 +151,7 @@ class _Run:
 class _Shared:
     """The decoded images and the Keras reference every artifact is scored against."""
 
-    feed: object  # imagefeed.ImageFeed, every image decoded (None on Ray: the workers decoded them)
+    feed: object  # imagefeed.ImageFeed, every image decoded (on Ray: only for --device, else None)
     reference: ReportRow
     predictions: dict[str, str]
     label_of: dict[str, str]  # image key -> its true class
@@ -333,16 +333,22 @@ def _artifact_row(run: _Run, a: Artifact, shared: _Shared) -> tuple[ReportRow, R
     idx, probs, _ = _predict(rt.predict, shared.feed, len(run.labels))
     base = row_base(a, rt)
     row = artifact_row(run, shared, base, rt, idx, probs, load_ms=load_ms, t1=t1)
+    return row, on_device(run, a, shared, base, row, idx, probs)
+
+
+def on_device(run: _Run, a: Artifact, shared: _Shared, base: ReportRow, row: ReportRow, idx, probs) -> ReportRow | None:
+    """The artifact's row on the run's device (None without one): the decoded images ``idx`` of
+    ``shared.feed`` go there, scored as the host's ``row`` was; ``probs`` are this host's full
+    outputs of them, what the device's parity is measured against."""
     if run.device is None:
-        return row, None
+        return None
     from .devices.evaluate import device_row
 
     def score(outputs: np.ndarray) -> ReportRow:
         acc, preds = _score(outputs, idx, run.data, run.labels, shared.failed_idx)
         return _compare(base, acc, preds, shared.reference, shared.predictions, shared.label_of)
 
-    inputs = shared.feed.x[idx]
-    return row, device_row(run.device, a.folder, a.manifest, row, inputs, probs, score)
+    return device_row(run.device, a.folder, a.manifest, row, shared.feed.x[idx], probs, score)
 
 
 def row_base(a: Artifact, rt) -> ReportRow:

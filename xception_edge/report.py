@@ -108,8 +108,10 @@ def notes(report: Report) -> list[str]:
     if report.settings.get("executor") == "ray":
         ray = report.timing.get("ray") or {}
         how = f": {ray['shards']} shard(s), {ray['computed']} computed, {ray['reused']} reused" if "shards" in ray else ""
+        spec = (report.devices[0].device or {}).get("spec") if report.devices else None
+        on = f" and, for the device rows, on {spec} (their accuracy too)" if spec else ""
         out.append(
-            f"accuracy computed on Ray{how}; latency measured on this host ({report.host.get('cpu')}), not on the Ray workers"
+            f"accuracy computed on Ray{how}; latency measured on this host ({report.host.get('cpu')}){on}, not on the Ray workers"
         )
     return out
 

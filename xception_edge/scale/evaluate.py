@@ -4,11 +4,16 @@ shard under REPORT/shards/, and merge the per-image results into the same rows, 
 as a local run (``evaluation.keras_result``, ``evaluation.artifact_row``).
 
 Latency is not measured on the workers: it belongs to a machine, so each model is timed here, on
-the driver, exactly as a local run times it, and the report says so.
+the driver, exactly as a local run times it, and the report says so. With ``--device`` every
+artifact then also runs on the device, from here, as in a local run (``evaluation.on_device``):
+the driver decodes the images once and runs each artifact over them for the full outputs the
+device's parity is measured against (a shard holds the top-k only), after checking that their
+top-k is the shards'.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,13 +22,19 @@ import time
 from pathlib import Path
 
 from .. import console
-from ..errors import BadInput
+from ..errors import BadInput, XceptionEdgeError
 from .executor import check_executor, connect, map_tasks, probe, ray_module
 from .shardstore import SHARDS, ShardStore, dense
 from .worker import KERAS, SHIP_HINT, ArtifactRef, Job, Shard, check_paths, shard_task
 
 SHARD_SIZE = 256  # images per task: ~5 % task overhead at 299 px on one core (bench/ray_scaling.py)
 SHARD_VERSION = 1
+
+
+class ShardMismatch(XceptionEdgeError):
+    """An artifact's outputs on the driver are not the Ray shards' (exit 1)."""
+
+    exit_code = 1
 
 
 def check_request(req):
@@ -40,17 +51,16 @@ def check_request(req):
             f"--shard-size {req.shard_size!r} must be a positive multiple of {BATCH} (the Keras batch: each shard then "
             "predicts in a local run's batches, and its results equal a local run's bit for bit)"
         )
-    if req.device is not None:
-        raise BadInput("--device runs every image on one device; run `evaluate --device` without --executor ray")
     ray_module()
     if req.ray_address:
         probe(req.ray_address)
+        connect(req.ray_address)  # a cluster that refuses us (its token) is bad input before anything is written
     return dataclasses.replace(req, shard_size=size)
 
 
 def compute(run, todo: list, keras_cached: dict | None) -> tuple[dict, dict, dict, dict]:
-    """evaluation._compute's Ray twin: (the Keras result, the new artifact rows by name, no device
-    rows, the timing)."""
+    """evaluation._compute's Ray twin: (the Keras result, the new artifact rows and device rows by
+    name, the timing)."""
     ray = connect(run.req.ray_address)
     nodes = _nodes(ray)
     if not run.req.ship_data:
@@ -62,8 +72,10 @@ def compute(run, todo: list, keras_cached: dict | None) -> tuple[dict, dict, dic
     keras, x0 = _keras(run, keras_cached, preds, failed, {r["model_sha256"] for r in results}, timing)
     from ..evaluation import shared_reference
 
-    shared = shared_reference(run, keras, sorted(failed), x0)
-    return keras, _artifact_rows(run, todo, shared, preds, timing), {}, timing
+    with _device_feed(run, todo) as feed:
+        shared = shared_reference(run, keras, sorted(failed), x0, feed)
+        rows, device_rows = _artifact_rows(run, todo, shared, preds, timing, job.top_k)
+    return keras, rows, device_rows, timing
 
 
 # ------------------------------------------------------------------ before the shards
@@ -265,11 +277,14 @@ def _keras(run, keras_cached, preds, failed, worker_shas: set, timing: dict) -> 
     return keras, x0
 
 
-def _artifact_rows(run, todo: list, shared, preds: dict, timing: dict) -> dict:
+def _artifact_rows(run, todo: list, shared, preds: dict, timing: dict, k: int) -> tuple[dict, dict]:
+    """Each artifact's row (its predictions from the shards, its latency timed here) and, with
+    --device, its row on the device: (rows, device rows) by name, each saved as it is done."""
     from ..evaluation import artifact_row, row_base
     from ..runtime import open_artifact
 
     rows: dict = {}
+    device_rows: dict = {}
     timing["artifact_seconds"] = {}
     for a in todo:
         t1 = time.perf_counter()
@@ -277,8 +292,58 @@ def _artifact_rows(run, todo: list, shared, preds: dict, timing: dict) -> dict:
         load_ms = (time.perf_counter() - t1) * 1000
         console.info(f"[{a.name}] predictions from the Ray shards; timing its latency here")
         idx, probs = preds[a.name]
-        row = artifact_row(run, shared, row_base(a, rt), rt, idx, probs, load_ms=load_ms, t1=t1)
-        run.store.save(a.name, run.art_keys[a.name], {"row": row, "device_row": None})
+        base = row_base(a, rt)
+        row = artifact_row(run, shared, base, rt, idx, probs, load_ms=load_ms, t1=t1)
+        on_device = None if shared.feed is None else _device_row(run, a, rt, shared, (base, row), preds[a.name], k)
+        run.store.save(a.name, run.art_keys[a.name], {"row": row, "device_row": on_device})
         rows[a.name] = dataclasses.replace(row, reused=False)
         timing["artifact_seconds"][a.name] = row.seconds
-    return rows
+        if on_device is not None:
+            device_rows[a.name] = on_device
+    return rows, device_rows
+
+
+# ------------------------------------------------------------------ --device
+@contextlib.contextmanager
+def _device_feed(run, todo: list):
+    """Every image decoded here, once, by the toolkit's one decoder (as a local run decodes them),
+    when artifacts go to a device; else None: without --device the driver decodes no image."""
+    if run.device is None or not todo:
+        yield None
+        return
+    from ..imagefeed import ImageFeed
+
+    console.info(f"{run.device.spec.label}: decoding the {len(run.data.files)} images here, for the device")
+    with ImageFeed(run.data.files, run.spec, workers=run.req.decode_threads) as feed:
+        feed.wait(len(feed))
+        yield feed
+
+
+def _device_row(run, a, rt, shared, rows: tuple, pred: tuple, k: int):
+    """The artifact's row on the device (``evaluation.on_device``, as a local run makes it). The
+    device's parity needs this host's full outputs, and a shard holds each image's top-k only: the
+    artifact runs here over the decoded images, and its top-k must be the shards' bit for bit
+    (the same code in the same batches), else ShardMismatch naming the artifact."""
+    import numpy as np
+
+    from ..evaluation import _predict, on_device
+    from .worker import top_k
+
+    base, row = rows
+    console.info(f"[{a.name}] predicting {len(shared.feed.decoded)} images here: the device's parity reference")
+    idx, probs, _ = _predict(rt.predict, shared.feed, len(run.labels))
+    want_idx, want = pred
+    if not np.array_equal(idx, want_idx):
+        raise ShardMismatch(
+            f"{a.name}: this host decoded other images than the Ray workers ({len(idx)} vs {len(want_idx)} decodable); "
+            "give every node the same files, or pass --ship-data"
+        )
+    got = dense(top_k(idx, probs, k), len(run.labels))[1]
+    differ = int((got != want).any(axis=-1).sum())
+    if differ:
+        raise ShardMismatch(
+            f"{a.name}: its top-{k} outputs on this host differ from the Ray shards' on {differ} of {len(idx)} images "
+            "(a Ray node runs it with another CPU's kernels or another runtime version); run `evaluate --device` "
+            "without --executor ray, or on nodes like this host"
+        )
+    return on_device(run, a, shared, base, row, idx, probs)

@@ -71,10 +71,59 @@ def connect(address: str | None):
         probe(address)
     else:  # a Ray this process starts sends no usage statistics (a cluster's own setting is its own)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    local = {} if address else {"include_dashboard": False}  # a Ray this process starts: no dashboard
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False, **local)
+        _own_token()
+    # A Ray this process starts ("local": never a cluster that `ray start` left on this machine) has
+    # as many CPUs as this process may use, and no dashboard; its processes end with this one.
+    local = {} if address else {"num_cpus": _cores(), "include_dashboard": False}
+    try:
+        ray.init(address=address or "local", logging_level="ERROR", log_to_driver=False, **local)
+    except (ConnectionError, RuntimeError) as exc:
+        if address and _auth_failure(exc):
+            raise BadInput(
+                f"--ray-address {address}: the Ray cluster asks for its authentication token; put it in "
+                "RAY_AUTH_TOKEN or ~/.ray/auth_token (`ray get-auth-token` on the head node prints it)"
+            ) from None
+        raise
     _state["address"], _state["owned"] = address, True
     return ray
+
+
+def _auth_failure(exc: BaseException) -> bool:
+    """Whether Ray's connection error comes from the cluster refusing our token (or its absence):
+    Ray raises ConnectionError("Failed to connect …") from an AuthenticationError."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _own_token() -> None:
+    """A Ray this process starts keeps Ray's token authentication, with a token of its own that its
+    processes inherit through the environment. Without one, Ray 2.60 writes ~/.ray/auth_token, and
+    that file outlives the run: every later `ray start --head` on this machine turns token
+    authentication on, and a node joining it with `ray start --address` is refused. A token or
+    RAY_AUTH_MODE the user has is left to Ray."""
+    if os.environ.get("RAY_AUTH_MODE") or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    if os.path.exists(os.path.join(os.path.expanduser("~"), ".ray", "auth_token")):
+        return
+    import secrets
+
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # as Ray makes one
+
+
+def _cores() -> int:
+    """The CPUs this process may run on: its affinity mask (``taskset``), and at most what Ray
+    itself counts (a container's CPU quota)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        from ray._private.utils import get_num_cpus  # private: without it, the affinity alone
+
+        return max(1, min(n, int(get_num_cpus())))
+    except Exception:
+        return n
 
 
 def stop_tasks(ray) -> None:

@@ -12,7 +12,9 @@ cache: LiteRT checks its tensor mapping against them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -78,6 +80,13 @@ def _chunks(n: int, method: str) -> list[tuple[int, int]]:
 
 
 def _calibrate(pre: Path, calib: CalibrationSet, method: str, task):
+    """ONNX Runtime's histogram calibrators print() their progress: kept off stdout, which
+    belongs to --json."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _calibrate_quietly(pre, calib, method, task)
+
+
+def _calibrate_quietly(pre: Path, calib: CalibrationSet, method: str, task):
     oq = ort_quantization()
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
