@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sshd import ALIAS, sshd_device  # noqa: F401
-from test_scale_evaluate import ACCURACY, accuracy, args, evaluate, make_data, on_ray, one_line_error, report
+from test_scale_evaluate import ACCURACY, accuracy, args, evaluate, local_run, on_ray, one_line_error, report
 
 pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install -e '.[ray]'")
 
@@ -34,14 +34,7 @@ ON_DEVICE = ("--device", DEVICE, "--device-python", sys.executable, "--rounds", 
 @pytest.fixture(scope="module")
 def base(converted_all, tmp_path_factory):
     """(model, artifacts folder, data folder, a plain local run's report folder)."""
-    shared, _, (model, _, _) = converted_all
-    root = tmp_path_factory.mktemp("scale-device")
-    for t in TARGETS:
-        shutil.copytree(shared / t, root / "artifacts" / t)
-    data = make_data(root / "val", per_class=12)
-    r = evaluate(model, root / "artifacts", data, root / "local")
-    assert r.exit_code == 0, r.output
-    return model, root / "artifacts", data, root / "local"
+    return local_run(converted_all, tmp_path_factory.mktemp("scale-device"), TARGETS, per_class=12)
 
 
 @pytest.fixture(scope="module")

@@ -43,11 +43,16 @@ def make_data(root: Path, per_class: int = 40) -> Path:
 @pytest.fixture(scope="module")
 def setup(converted_all, tmp_path_factory):
     """(model, artifacts folder, data folder, the local run's report folder)."""
+    return local_run(converted_all, tmp_path_factory.mktemp("scale"), TARGETS, per_class=40)
+
+
+def local_run(converted_all, root: Path, targets, per_class: int):
+    """``targets``' artifacts copied from the shared conversion, data made, and a plain local
+    evaluate of them: (model, artifacts folder, data folder, the local report folder)."""
     shared, _, (model, _, _) = converted_all
-    root = tmp_path_factory.mktemp("scale")
-    for t in TARGETS:
+    for t in targets:
         shutil.copytree(shared / t, root / "artifacts" / t)
-    data = make_data(root / "val")
+    data = make_data(root / "val", per_class=per_class)
     r = evaluate(model, root / "artifacts", data, root / "local")
     assert r.exit_code == 0, r.output
     return model, root / "artifacts", data, root / "local"
