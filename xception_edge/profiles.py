@@ -44,6 +44,12 @@ class QuantSpec:
     # options of those transforms, {transform: {option: value}} ([quantization.transform_options.NAME])
     transform_options: dict = dataclasses.field(default_factory=dict)
 
+    def with_transforms(self, names) -> QuantSpec:
+        """These settings with the transform list ``names``, keeping the options of those only."""
+        names = tuple(names)
+        kept = {k: v for k, v in self.transform_options.items() if k in names}
+        return dataclasses.replace(self, transforms=names, transform_options=kept)
+
 
 @dataclasses.dataclass(frozen=True)
 class VerifySpec:

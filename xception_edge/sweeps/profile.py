@@ -17,11 +17,9 @@ FILE = "profile.toml"
 def cell_profile(profile: TargetProfile, setting: str, cell: Cell) -> TargetProfile:
     """``profile`` with the cell's calibration size, transforms and (when the backend has a key for
     it) calibration method."""
-    kept = {k: v for k, v in profile.quantization.transform_options.items() if k in cell.transforms}
-    changes: dict = {"transforms": cell.transforms, "transform_options": kept}
+    q = profile.quantization.with_transforms(cell.transforms)
     if setting:
-        changes[setting] = cell.method
-    q = dataclasses.replace(profile.quantization, **changes)
+        q = dataclasses.replace(q, **{setting: cell.method})
     return dataclasses.replace(profile, quantization=q, calibration_size=cell.size, source="")
 
 

@@ -45,10 +45,7 @@ def with_transforms(profiles: list[TargetProfile], names: tuple[str, ...] | None
     for p in profiles:
         check_names(p.quantization.transforms, f"{p.source}: [quantization] transforms")
         if names is not None and p.precision.value in QUANTIZED:
-            kept = {k: v for k, v in p.quantization.transform_options.items() if k in names}  # options of the named ones stay
-            p = dataclasses.replace(
-                p, quantization=dataclasses.replace(p.quantization, transforms=tuple(names), transform_options=kept)
-            )
+            p = dataclasses.replace(p, quantization=p.quantization.with_transforms(names))
         out.append(p)
     return out
 
@@ -68,10 +65,7 @@ def check_source(profiles: list[TargetProfile], src, model: str, *, asked: bool)
         f"{model} is a SavedModel, without the Keras layers that transforms rewrite: {', '.join(wanting)} "
         "convert without their profiles' transforms (pass the .keras/.h5 model to have them)"
     )
-    return [
-        dataclasses.replace(p, quantization=dataclasses.replace(p.quantization, transforms=(), transform_options={}))
-        for p in profiles
-    ]
+    return [dataclasses.replace(p, quantization=p.quantization.with_transforms(())) for p in profiles]
 
 
 def grid_params(profile: TargetProfile) -> dict:
