@@ -117,6 +117,7 @@ def test_another_calibration_method_gives_litert_that_methods_ranges(method, sma
         with every_core(calib.images, ranges=ranges, workers=1):
             scales[m] = _scales(_converter(small_saved_model, calib.images).convert())
         assert record["ranges"] == "onnxruntime" and record["method"] == m and record["tensors"] > 20, record
+        assert record.get("percentile") == (99.999 if m == "percentile" else None)  # ONNX Runtime's default level
     a, b = scales[method], scales["minmax"]
     assert a.keys() == b.keys()
     assert all(a[k] <= b[k] * (1 + 1e-6) for k in a)
@@ -149,7 +150,7 @@ def test_converted_litert_int8_records_where_its_ranges_came_from(converted_all)
     out, _, _ = converted_all
     m = read_manifest(out / "arm64-litert-int8")
     cal = m.conversion["calibration"]
-    assert cal["ranges"] == "onnxruntime" and cal["method"] == "minmax", cal
+    assert cal["ranges"] == "onnxruntime" and cal["method"] == "percentile" and cal["percentile"] == 99.99, cal
     assert cal["tensors"] > 20 and cal["max_first_image_diff"] < 1e-3
     json.dumps(cal)
 
@@ -164,7 +165,9 @@ def test_a_saved_model_input_calibrates_with_tflite_and_says_why(small_model, sm
     out = tmp_path / "out"
     profile = tmp_path / "entropy.toml"  # the built-in profile, with entropy ranges (ONNX Runtime's)
     builtin = (Path(__file__).parents[1] / "targets" / "arm64-litert-int8.toml").read_text()
-    profile.write_text(builtin.replace('calibration_method = "minmax"', 'calibration_method = "entropy"', 1))
+    profile.write_text(
+        builtin.replace('calibration_method = "percentile"\ncalibration_percentile = 99.99', 'calibration_method = "entropy"', 1)
+    )
     args = ["convert", "--model", small_saved_model, "--target", profile, "--calibration", train]
     args += ["--num-calibration", "16", "--verify-data", val, "--labels", tmp_path / "labels.txt", "--out", out]
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")

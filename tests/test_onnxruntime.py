@@ -83,8 +83,8 @@ def test_every_onnxruntime_target_is_written_and_verified(converted):
     )  # tiny model: QDQ overhead; full-size ~0.26
     # one ONNX export per source model of the run: the model as given (onnxruntime-fp32) and after
     # CLE (the int8 profiles'); calibration ranges are shared only within one source model and
-    # method: both ONNX Runtime int8 targets reuse the min-max ranges arm64-litert-int8 (also CLE,
-    # also min-max) had ONNX Runtime compute for it (calibrate once)
+    # method: both ONNX Runtime int8 targets reuse the percentile ranges arm64-litert-int8 (also CLE,
+    # also percentile 99.99) had computed for it (calibrate once)
     assert log.count("Exporting ONNX (opset 17) ...") == 2, log
     q = {t: read_manifest(out / t).conversion["quantization"] for t in ORT_TARGETS[:2]}
     assert q["x86-onnxruntime-int8"]["calibration_reused"] is True and q["arm64-onnxruntime-int8"]["calibration_reused"] is True
@@ -110,7 +110,8 @@ def test_manifest_records_export_and_quantization(converted):
         "weight_dtype": "int8",
         "per_channel": True,
         "reduce_range": True,
-        "calibration_method": "minmax",
+        "calibration_method": "percentile",
+        "calibration_percentile": 99.99,
         "calibration_images": 60,
     }
     assert c["quantization"]["u8s8_overflow_pairs"]["pairs"] == 0 and c["quantization"]["u8s8_overflow_pairs"]["of"] > 1000
@@ -198,6 +199,7 @@ def test_calibration_method_and_ignored_scope_come_from_the_profile(small_model,
         n: read_manifest(tmp_path / "o" / n).conversion["quantization"] for n in ("ort-minmax", "ort-percentile", "ort-keep-head")
     }
     assert q["ort-percentile"]["calibration_method"] == "percentile" and q["ort-percentile"]["calibration_reused"] is False
+    assert q["ort-percentile"]["calibration_percentile"] == 99.999 and "calibration_percentile" not in q["ort-minmax"]
     assert q["ort-keep-head"]["calibration_reused"] is True  # same method and images as ort-minmax
     from onnx import numpy_helper
 

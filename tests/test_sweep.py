@@ -47,7 +47,7 @@ def test_four_cells_each_its_own_artifact_and_calibration_sample(swept):
     out, sweep = swept
     cells = sweep["cells"]
     assert [(c["size"], c["seed"]) for c in cells] == [(8, 0), (8, 1), (16, 0), (16, 1)]
-    assert all(c["ok"] and c["method"] == "minmax" and c["transforms"] == ["cle"] for c in cells)  # the profile's own
+    assert all(c["ok"] and c["method"] == "percentile" and c["transforms"] == ["cle"] for c in cells)  # the profile's own
     assert len({c["artifact"] for c in cells}) == 4 and len({c["model_sha256"] for c in cells}) == 4
     lists = {}
     for c in cells:
@@ -92,7 +92,7 @@ def test_summary_and_recommendation_follow_from_the_cells(swept):
         assert s["stable"] == (s["within_noise"] and s["not_worse"])
     stable = {s["size"]: s["stable"] for s in sweep["summary"]}
     expected = next((size for size in sorted(stable) if all(stable[b] for b in stable if b >= size)), None)
-    assert rec["size"] == expected and rec["groups"] == [{"method": "minmax", "transforms": ["cle"], "size": expected}]
+    assert rec["size"] == expected and rec["groups"] == [{"method": "percentile", "transforms": ["cle"], "size": expected}]
     assert "paired-bootstrap" in rec["noise"] and "30 validation images" in rec["noise"] and rec["reason"]
 
 
@@ -173,7 +173,7 @@ def test_ctrl_c_exits_130_and_leaves_only_finished_cells(small_model, tmp_path):
     from xception_edge.artifact import read_manifest
 
     folders = list((out / "cells").iterdir())
-    assert (folders[0].parent / "size8-seed0-minmax-cle" / "cell.json").is_file()
+    assert (folders[0].parent / "size8-seed0-percentile-cle" / "cell.json").is_file()
     for f in folders:  # a finished cell: its artifact whole (its record too, unless the signal fell between them)
         assert read_manifest(f / TARGET).calibration["count"] in (8, 16, 32)
 
@@ -187,7 +187,7 @@ def test_sweep_on_ray_equals_the_local_cells(swept, small_model, ray_cluster, tm
         executor="ray", ray_address=ray_cluster.address,
     )  # fmt: skip
     local = {c["name"]: c for c in swept[1]["cells"]}
-    assert [c["name"] for c in sweep["cells"]] == ["size8-seed0-minmax-cle", "size8-seed1-minmax-cle"]
+    assert [c["name"] for c in sweep["cells"]] == ["size8-seed0-percentile-cle", "size8-seed1-percentile-cle"]
     for c in sweep["cells"]:
         assert c["ok"] and (tmp_path / "ray" / c["artifact"] / "manifest.json").is_file()
         mine = local[c["name"]]
@@ -328,3 +328,7 @@ def test_every_backend_names_valid_calibration_methods(tmp_path):
             folder = tmp_path / f"{name}-{method}"
             folder.mkdir()
             assert dataclasses.replace(load_profile(write_cell_profile(folder, want, cell)), source="") == want
+            # the percentile level goes with that method only (the loader refuses it beside another)
+            level = profile.quantization.calibration_percentile if method == "percentile" else QuantSpec().calibration_percentile
+            assert want.quantization.calibration_percentile == level
+    assert resolve_target("x86-onnxruntime-int8").quantization.calibration_percentile == 99.99

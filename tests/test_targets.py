@@ -97,6 +97,18 @@ _INT8 = 'name = "x"\nbackend = "litert"\nformat = "tflite"\nprecision = "int8"\n
             'name = "x"\nbackend = "openvino"\nformat = "openvino-ir"\nprecision = "int8"\n[quantization]\ncalibration_method = "entropy"\n',
             "calibration_method is a litert or onnxruntime setting; remove it for backend openvino",
         ),
+        (
+            _INT8 + '[quantization]\ncalibration_method = "entropy"\ncalibration_percentile = 99.9\n',
+            r'calibration_percentile is for calibration_method = "percentile", not \'entropy\'; remove it or set the method',
+        ),
+        *[
+            (_INT8 + f'[quantization]\ncalibration_method = "percentile"\ncalibration_percentile = {v}\n', match)
+            for v, match in (
+                ("0", r"calibration_percentile must be within \(0, 100\], got 0.0"),
+                ("100.5", r"calibration_percentile must be within \(0, 100\], got 100.5"),
+                ('"high"', "calibration_percentile must be a number"),
+            )
+        ],
     ],
 )
 def test_malformed_profiles_are_one_line_errors(tmp_path, body, match):
@@ -217,7 +229,9 @@ OWNED_SETTINGS = sorted({key for spec in backends.registry().values() for key in
 OTHER_VALUES = {
     "activations_range": "minmax",
     "calibration_method": "percentile",
+    "calibration_percentile": 99.0,
 }  # a value other than the default, for settings that are not bools
+NEEDS = {"calibration_percentile": 'calibration_method = "percentile"'}  # what the owners' profiles need beside it
 
 
 @pytest.mark.parametrize("setting", OWNED_SETTINGS)
@@ -227,10 +241,11 @@ def test_a_backends_own_setting_is_refused_for_every_other_backend(tmp_path, set
     default = getattr(QuantSpec(), setting)
     other = OTHER_VALUES.get(setting, not default)
     assert other != default  # a setting that is not a bool needs its other value in OTHER_VALUES
-    toml = str(other).lower() if isinstance(other, bool) else f'"{other}"'
+    toml = str(other).lower() if isinstance(other, bool) else repr(other) if isinstance(other, float) else f'"{other}"'
     for spec in backends.registry().values():
         prof = _backend_profile(tmp_path, spec, f"{setting} = {toml}")
         if setting in spec.settings:
+            prof = _backend_profile(tmp_path, spec, f"{setting} = {toml}\n{NEEDS.get(setting, '')}")
             assert getattr(load_profile(prof).quantization, setting) == other
         else:
             owners = " or ".join(s.name for s in backends.registry().values() if setting in s.settings)

@@ -193,6 +193,7 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
         if value not in allowed:
             raise BadInput(f"{path}: [quantization] {key} = {value!r} is not one of: {', '.join(allowed)}")
     _check_backend_settings(q, spec, path)
+    _check_percentile(q, path)
     from .transforms import check_options
 
     for name, options in q.transform_options.items():
@@ -211,6 +212,17 @@ def _check_consistent(p: TargetProfile, path: Path) -> None:
     from .gates import check_limits  # the one validator of gate limits (finite; ratios and agreements within 0..1)
 
     check_limits(dataclasses.asdict(p.gates), f"{path}: [gates]")
+
+
+def _check_percentile(q: QuantSpec, path: Path) -> None:
+    p = q.calibration_percentile
+    if not 0.0 < p <= 100.0:
+        raise BadInput(f"{path}: [quantization] calibration_percentile must be within (0, 100], got {p!r}")
+    if q.calibration_method != "percentile" and p != QuantSpec().calibration_percentile:
+        raise BadInput(
+            f'{path}: [quantization] calibration_percentile is for calibration_method = "percentile", not '
+            f"{q.calibration_method!r}; remove it or set the method"
+        )
 
 
 def _check_backend_settings(q: QuantSpec, spec, path: Path) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..profiles import TargetProfile
+from ..profiles import QuantSpec, TargetProfile
 from .grid import Cell
 
 FILE = "profile.toml"
@@ -20,6 +20,8 @@ def cell_profile(profile: TargetProfile, setting: str, cell: Cell) -> TargetProf
     q = profile.quantization.with_transforms(cell.transforms)
     if setting:
         q = dataclasses.replace(q, **{setting: cell.method})
+    if getattr(q, "calibration_method", None) != "percentile":  # the level belongs to that method only
+        q = dataclasses.replace(q, calibration_percentile=QuantSpec().calibration_percentile)
     return dataclasses.replace(profile, quantization=q, calibration_size=cell.size, source="")
 
 

@@ -14,7 +14,7 @@ SPEC = BackendSpec(
     native_bench=True,
     # TFLite's calibrator records each tensor's min and max; the other methods are ONNX Runtime's
     # calibrators on the run's ONNX export, their ranges written into TFLite's (shared_ranges.py)
-    settings=("calibration_method",),
+    settings=("calibration_method", "calibration_percentile"),
     calibration_setting="calibration_method",
     calibration_methods=("minmax", "entropy", "percentile"),
     convert_requires=(("tensorflow", "convert"), ("keras", "convert")),

@@ -63,7 +63,12 @@ def _convert_bytes(saved_model: Path, src: SourceModel, profile: TargetProfile, 
     TFLiteConverter quantizes."""
     int8 = profile.precision is Precision.INT8 and calib is not None and len(calib) > 0
     method = profile.quantization.calibration_method
-    ranges = onnxruntime_ranges(src, exports, calib, profile.name, record, method) if int8 and not selective else None
+    q = profile.quantization
+    ranges = (
+        onnxruntime_ranges(src, exports, calib, profile.name, record, method, q.calibration_percentile)
+        if int8 and not selective
+        else None
+    )
     with contextlib.ExitStack() as stack:
         on_image = None
         if int8:

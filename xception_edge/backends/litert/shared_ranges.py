@@ -32,12 +32,13 @@ from .ops import _references
 RTOL, ATOL = 1e-3, 1e-4  # two float runtimes' first-image min/max agree to this
 
 
-def onnxruntime_ranges(src, exports, calib, label: str, record: dict, method: str = "minmax"):
+def onnxruntime_ranges(src, exports, calib, label: str, record: dict, method: str = "minmax", percentile: float = 99.999):
     """A ``ranges(first)`` for ``calibrate.every_core``, with ONNX Runtime's calibration done now
     (or reused from an earlier target of the run), or None (``record["why"]`` says why) when ONNX
     Runtime cannot serve: not installed, or no Keras model the ONNX writer covers. ``method``:
     how the injected ranges are computed (ONNX Runtime's min-max, entropy or percentile
-    calibrator); the tensors are matched on min-max ranges whatever the method."""
+    calibrator, percentile ours at level ``percentile``); the tensors are matched on min-max ranges
+    whatever the method."""
     from ... import onnx_export
 
     record.update(ranges="tflite", method="minmax")
@@ -55,17 +56,16 @@ def onnxruntime_ranges(src, exports, calib, label: str, record: dict, method: st
     if path is None or not exports.onnx_exporter.get(OPSET, "").startswith(onnx_export.TOOL):
         record["why"] = "the ONNX writer could not export the model"
         return None
-    # the matching needs min-max on the first image: for min-max a by-product of the full pass, for
-    # another method a one-image min-max pass beside that method's (an ONNX Runtime int8 target of
-    # the same method reuses the latter)
+    # the matching needs min-max on the first image: a by-product of the min-max and percentile
+    # passes; for entropy (ONNX Runtime's own calibrator) a one-image min-max pass beside it
     try:
-        if method == "minmax":
-            cache, reused = calibration_cache(preprocessed(path), calib, "minmax", f"{label}: ranges (ONNX Runtime)")
-            onnx_first = load_first(cache)
-        else:
+        if method == "entropy":
             cache, _ = calibration_cache(preprocessed(path), calib.take(1), "minmax", f"{label}: first image (ONNX Runtime)")
             onnx_first = load_ranges(cache)
-            cache, reused = calibration_cache(preprocessed(path), calib, method, f"{label}: ranges ({method}, ONNX Runtime)")
+        what = "ranges" if method == "minmax" else f"ranges ({method})"
+        cache, reused = calibration_cache(preprocessed(path), calib, method, f"{label}: {what} (ONNX Runtime)", percentile)
+        if method != "entropy":
+            onnx_first = load_first(cache)
     except ConversionFailed as exc:
         record["why"] = str(exc)
         return None
@@ -81,6 +81,8 @@ def onnxruntime_ranges(src, exports, calib, label: str, record: dict, method: st
         worst = inject(first, {t: full[name] for t, (name, _) in matched.items()})
         diffs = [d for _, d in matched.values()]
         record.update(ranges="onnxruntime", method=method, tensors=len(matched), reused=reused, why=None)
+        if method == "percentile":
+            record["percentile"] = percentile
         record["max_first_image_diff"] = float(max(diffs, default=0.0))
         record["max_range_change_vs_first_image"] = worst
         return bytes(first)

@@ -8,6 +8,11 @@ this does the same here, so that the ranges exist before any quantizer needs the
 of running TFLite's own (single-threaded, three times slower) calibration pass
 (``backends/litert/shared_ranges.py``). For min-max the first image's ranges are kept beside the
 cache: LiteRT checks its tensor mapping against them.
+
+Percentile ranges are ours (``histograms.py``): ONNX Runtime's percentile collector is 3.5x the
+min-max pass at full size and fails on near-constant tensors. The one pass, an image at a time,
+also writes the min-max cache and both first-image files. Entropy is ONNX Runtime's own
+calibrator, chunk by chunk as above.
 """
 
 from __future__ import annotations
@@ -26,29 +31,34 @@ from ... import console
 from ...calibration import CalibrationSet
 from ...errors import ConversionFailed, first_line
 from .frameworks import ort_quantization
+from .histograms import PERCENTILE
 
 CALIB_CHUNK = 8  # images whose intermediate tensors are held at once while calibrating (memory bound)
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
-def cache_paths(pre: Path, calib: CalibrationSet, method: str) -> tuple[Path, Path]:
-    """The calibration cache of ``pre`` for these images and method, and its first-image file."""
-    key = hashlib.sha256(f"{method}|{calib.summary()['list_sha256']}|{len(calib)}".encode()).hexdigest()[:16]
+def cache_paths(pre: Path, calib: CalibrationSet, method: str, percentile: float = PERCENTILE) -> tuple[Path, Path]:
+    """The calibration cache of ``pre`` for these images and method (and percentile level), and
+    its first-image file."""
+    level = f"|{percentile!r}" if method == "percentile" else ""
+    key = hashlib.sha256(f"{method}{level}|{calib.summary()['list_sha256']}|{len(calib)}".encode()).hexdigest()[:16]
     cache = pre.parent / f"calibration-{method}-{key}.json"
     return cache, cache.with_name(cache.stem + ".first-image.json")
 
 
-def calibration_cache(pre: Path, calib: CalibrationSet, method: str, label: str) -> tuple[Path, bool]:
+def calibration_cache(
+    pre: Path, calib: CalibrationSet, method: str, label: str, percentile: float = PERCENTILE
+) -> tuple[Path, bool]:
     """The cache file holding ``pre``'s ranges on ``calib`` (made now unless an earlier target of
-    the run made it), and whether it was reused."""
-    cache, first = cache_paths(pre, calib, method)
-    reused = cache.exists() and (method != "minmax" or first.exists())
+    the run made it), and whether it was reused. ``percentile``: the level of method percentile."""
+    cache, first = cache_paths(pre, calib, method, percentile)
+    reused = cache.exists() and (method == "entropy" or first.exists())
     with console.progress(f"{label}: calibrating ({method}) on {len(calib)} images", total=len(calib)) as task:
         if reused:
             task.advance(len(calib))
             return cache, True
         try:
-            ranges, first_ranges = _calibrate(pre, calib, method, task)
+            ranges, first_ranges = _calibrate(pre, calib, method, task, percentile)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ConversionFailed(f"{label}: ONNX Runtime calibration failed: {first_line(exc)}") from None
     oq = ort_quantization()
@@ -79,24 +89,70 @@ def _chunks(n: int, method: str) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:]))
 
 
-def _calibrate(pre: Path, calib: CalibrationSet, method: str, task):
+def _calibrate(pre: Path, calib: CalibrationSet, method: str, task, percentile: float = PERCENTILE):
     """ONNX Runtime's histogram calibrators print() their progress: kept off stdout, which
     belongs to --json."""
     with contextlib.redirect_stdout(io.StringIO()):
+        if method == "percentile":
+            return _percentile(pre, calib, task, percentile)
         return _calibrate_quietly(pre, calib, method, task)
+
+
+def _percentile(pre: Path, calib: CalibrationSet, task, percentile: float = PERCENTILE):
+    """Percentile ranges by our collector (``histograms.py``) in one pass of ONNX Runtime's
+    augmented model, one image at a time; the pass's min-max ranges go into the min-max cache
+    too (with their first-image file), so a min-max target of the run reuses them."""
+    oq = ort_quantization()
+    from .histograms import RangeCollector  # numpy only
+
+    collector = RangeCollector()
+    with tempfile.TemporaryDirectory(prefix="ort.quant.") as tmp:
+        calibrator = oq.create_calibrator(
+            pre,
+            _op_types(),
+            augmented_model_path=os.path.join(tmp, "augmented_model.onnx"),
+            calibrate_method=oq.CalibrationMethod.Percentile,  # its augmented model: every tensor an output
+            extra_options={},
+        )
+        session, wanted = calibrator.infer_session, set(calibrator.tensors_to_calibrate)
+        names = [o.name for o in session.get_outputs()]
+        input_name = session.get_inputs()[0].name
+        for batch in calib.batches():
+            outputs = session.run(None, {input_name: batch})
+            collector.add_image({n: o for n, o in zip(names, outputs) if n in wanted})
+            task.advance()
+        del calibrator, session
+    if collector.images != len(calib):
+        raise ValueError(f"calibration read {collector.images} of {len(calib)} images")
+    cache, first = cache_paths(pre, calib, "minmax")
+    if not (cache.exists() and first.exists()):
+        _write_json(first, collector.first())
+        oq.calibrate.save_tensors_data(_tensors_data(oq, "MinMax", collector.minmax()), cache)
+    return _tensors_data(oq, "Percentile", collector.percentile(percentile)), collector.first()
+
+
+def _tensors_data(oq, method: str, ranges: dict[str, tuple[float, float]]):
+    def f32(v: float):
+        return np.array(v, dtype=np.float32)
+
+    data = {k: oq.calibrate.TensorData(lowest=f32(lo), highest=f32(hi)) for k, (lo, hi) in ranges.items()}
+    return oq.calibrate.TensorsData(getattr(oq.CalibrationMethod, method), data)
+
+
+def _op_types() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return list(set(list(QLinearOpsRegistry.keys()) + list(QDQRegistry.keys())))  # quantize_static's default
 
 
 def _calibrate_quietly(pre: Path, calib: CalibrationSet, method: str, task):
     oq = ort_quantization()
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    op_types = list(set(list(QLinearOpsRegistry.keys()) + list(QDQRegistry.keys())))  # quantize_static's default
     input_name = _input_name(pre)
     first_ranges = None
     with tempfile.TemporaryDirectory(prefix="ort.quant.") as tmp:
         calibrator = oq.create_calibrator(
             pre,
-            op_types,
+            _op_types(),
             augmented_model_path=os.path.join(tmp, "augmented_model.onnx"),
             calibrate_method=getattr(oq.CalibrationMethod, METHODS[method]),
             extra_options={},

@@ -116,7 +116,7 @@ def quantize_qdq(
     pre = preprocessed(fp32)
     model = onnx.load(str(pre))
     excluded = _excluded_nodes(model, q.ignored_scope, label, keras_layers)
-    cache, cached = calibration_cache(pre, calib, q.calibration_method, label)
+    cache, cached = calibration_cache(pre, calib, q.calibration_method, label, q.calibration_percentile)
     try:
         oq.quantize_static(
             str(pre),
@@ -140,6 +140,7 @@ def quantize_qdq(
         "per_channel": per_channel,
         "reduce_range": q.reduce_range,
         "calibration_method": q.calibration_method,
+        **({"calibration_percentile": q.calibration_percentile} if q.calibration_method == "percentile" else {}),
         "calibration_images": len(calib),
         "calibration_reused": cached,
         "excluded_nodes": excluded,
