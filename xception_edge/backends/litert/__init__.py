@@ -12,8 +12,9 @@ SPEC = BackendSpec(
     emulated_versions=(("ai-edge-litert", "2.3.0"),),
     colour="#1f77b4",
     native_bench=True,
-    # TFLite's calibrator records each tensor's min and max; the other methods are ONNX Runtime's
-    # calibrators on the run's ONNX export, their ranges written into TFLite's (shared_ranges.py)
+    # TFLite's calibrator records each tensor's min and max; the other methods' ranges come from
+    # the run's ONNX export (percentile ours, entropy ONNX Runtime's calibrator), written into
+    # TFLite's calibrated model (shared_ranges.py)
     settings=("calibration_method", "calibration_percentile"),
     calibration_setting="calibration_method",
     calibration_methods=("minmax", "entropy", "percentile"),

@@ -12,7 +12,8 @@ This collector computes the same range from one histogram per tensor, with numbe
 fail: ``BINS`` bins a side over [-R, R], where R is the power of two at or above the largest |x|
 seen so far. Scaling by BINS / R is exact in float32, bins are counted with ``np.bincount`` on
 uint16 indices (~2.5 ns per value), and when a larger value arrives R doubles and pairs of bins
-merge exactly, so the histogram never depends on the order of the images. The folded |x|
+merge exactly, so the histogram does not depend on the order of the images (for a tensor above
+``SAMPLE`` values an image, which values are sampled does). The folded |x|
 histogram has between BINS / 2 and BINS bins below the largest |x| (ONNX Runtime: 2048). The
 same pass records every tensor's min and max over all images and over the first image, so one
 pass serves min-max, percentile, and LiteRT's tensor matching.
