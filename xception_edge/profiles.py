@@ -31,7 +31,7 @@ class QuantSpec:
     weight_dtype: str = "int8"
     reduce_range: bool = False  # 7-bit weights (ONNX Runtime on CPUs without VNNI)
     x86_without_vnni: bool = False  # ONNX Runtime: refuse int8 weights that can saturate AVX2's 16-bit sums
-    calibration_method: str = "minmax"  # minmax | entropy (ONNX Runtime's calibrator) | percentile (ours, histograms.py); LiteRT too
+    calibration_method: str = "minmax"  # minmax | entropy (ONNX Runtime's) | percentile (ours); LiteRT too
     calibration_percentile: float = 99.999  # percentile: the share of |x| kept in range (ONNX Runtime's default)
     preset: str = "performance"  # NNCF: performance | mixed
     fast_bias_correction: bool = True  # NNCF
