@@ -178,3 +178,32 @@ def test_a_saved_model_input_calibrates_with_tflite_and_says_why(small_model, sm
     # entropy ranges come from ONNX Runtime: not here, and the run says so
     assert (cal["method"], cal["method_asked"]) == ("minmax", "entropy"), cal
     assert "calibration_method = 'entropy' takes ONNX Runtime's ranges" in r.output
+
+
+def test_layers_kept_in_float_take_the_shared_ranges_too(small_model, tmp_path):
+    """ignored_scope (and so every --max-drop attempt that keeps layers in float): TFLite's
+    QuantizationDebugger calibrates through the same call, so it takes the shared percentile
+    ranges as the all-int8 conversion does, with no warning."""
+    from click.testing import CliRunner
+
+    from xception_edge.cli import cli
+
+    model, train, val = small_model
+    profile = tmp_path / "keep-head.toml"
+    builtin = (Path(__file__).parents[1] / "targets" / "arm64-litert-int8.toml").read_text()
+    profile.write_text(
+        builtin.replace('name = "arm64-litert-int8"', 'name = "keep-head"').replace(
+            "ignored_scope = []", 'ignored_scope = ["predictions"]'
+        )
+    )
+    args = ["convert", "--model", model, "--target", profile, "--target", "arm64-litert-int8", "--calibration", train]
+    args += ["--num-calibration", "16", "--verify-data", val, "--out", tmp_path / "out"]
+    r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "could not use" not in r.output
+    kept, plain = (read_manifest(tmp_path / "out" / n).conversion for n in ("keep-head", "arm64-litert-int8"))
+    assert kept["float_layers"] == ["predictions"] and "float_layers" not in plain
+    for cal in (kept["calibration"], plain["calibration"]):
+        assert (cal["ranges"], cal["method"], cal["percentile"]) == ("onnxruntime", "percentile", 99.99), cal
+    assert sorted([kept["calibration"]["reused"], plain["calibration"]["reused"]]) == [False, True]  # one pass for both
+    assert kept["calibration"]["tensors"] == plain["calibration"]["tensors"]

@@ -57,16 +57,15 @@ def convert(
 
 def _convert_bytes(saved_model: Path, src: SourceModel, profile: TargetProfile, calib, selective: bool, exports, record):
     """The converted model, and {layer: its ops' output tensor names} of the layers kept in float.
-    An int8 model without ignored_scope takes its activation ranges from ONNX Runtime's
-    calibration of the run's ONNX export (``shared_ranges.py``; ``record`` says whether it did),
-    else TFLite calibrates with one process per core (``calibrate.py``); either way
-    TFLiteConverter quantizes."""
+    An int8 model takes its activation ranges from the calibration of the run's ONNX export
+    (``shared_ranges.py``; ``record`` says whether it did), else TFLite calibrates with one
+    process per core (``calibrate.py``); either way TFLiteConverter quantizes, with the layers of
+    ignored_scope in float (``selective.py``: the debugger's calibration is the same call)."""
     int8 = profile.precision is Precision.INT8 and calib is not None and len(calib) > 0
-    method = profile.quantization.calibration_method
     q = profile.quantization
     ranges = (
-        onnxruntime_ranges(src, exports, calib, profile.name, record, method, q.calibration_percentile)
-        if int8 and not selective
+        onnxruntime_ranges(src, exports, calib, profile.name, record, q.calibration_method, q.calibration_percentile)
+        if int8
         else None
     )
     with contextlib.ExitStack() as stack:
@@ -76,11 +75,11 @@ def _convert_bytes(saved_model: Path, src: SourceModel, profile: TargetProfile, 
                 console.progress(f"{profile.name}: calibrating on {len(calib)} images", total=len(calib))
             ).advance
         converter = build_converter(saved_model, profile, calib, on_image=on_image)
+        if on_image is not None:
+            stack.enter_context(every_core(calib.images, on_image, ranges=ranges))
         if selective:
             debugger, kept = quantization_debugger(converter, profile, src)
             return quantize_selectively(debugger, profile, kept), kept
-        if on_image is not None:
-            stack.enter_context(every_core(calib.images, on_image, ranges=ranges))
         try:
             return converter.convert(), {}
         except Exception as exc:
@@ -93,7 +92,7 @@ def _check_method(profile: TargetProfile, record: dict) -> None:
     method = profile.quantization.calibration_method
     if record.get("method", "minmax") != method:
         record.update(method="minmax", method_asked=method, ranges=record.get("ranges", "tflite"))
-        why = record.get("why") or "layers kept in float (ignored_scope) are calibrated by TFLite"
+        why = record.get("why") or "no ranges were shared"
         console.warn(
             f"{profile.name}: calibration_method = {method!r} takes ONNX Runtime's ranges, which this conversion "
             f"could not use ({why}); TFLite calibrated with min-max"
