@@ -61,7 +61,14 @@ def test_degenerate_tensors_give_a_range_not_an_error():
     c = RangeCollector()
     c.add_image({"const": near_constant, "zeros": np.zeros(50, np.float32), "nan": np.array([np.nan, 1.0, -2.0], np.float32)})
     c.add_image({"const": near_constant, "zeros": np.zeros(50, np.float32), "nan": np.array([3.0, np.inf], np.float32)})
+    tiny = np.array([1e-38, -3e-39, 0.0], np.float32)  # R = 2^-126: 4096 / R overflows float32
+    c.add("tiny", tiny)
     ranges = c.percentile()
+    assert ranges["tiny"] == (float(tiny.min()), float(tiny.max()))
+    radius = c.tensors["tiny"].radius
+    assert radius == 2.0**-126
+    bins = [int(np.floor(float(v) / radius * BINS)) + BINS for v in tiny]  # in float64: 7580, 3050, 4096
+    assert np.nonzero(c.tensors["tiny"].hist)[0].tolist() == sorted(bins) and c.tensors["tiny"].hist.sum() == 3
     lo, hi = ranges["const"]
     assert lo == float(near_constant.min()) and hi == float(near_constant.max())
     assert ranges["zeros"] == (0.0, 0.0)

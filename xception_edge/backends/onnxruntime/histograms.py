@@ -90,7 +90,11 @@ class RangeCollector:
         if stride > 1:  # every stride-th value, from an offset that turns with each image
             a = a[self.images % stride :: stride]
         f, u = self._scratch(a.size)
-        np.multiply(a, np.float32(BINS / t.radius), out=f)  # exact: a power of two
+        scale = BINS / t.radius  # a power of two: exact
+        if scale < 2.0**100:
+            np.multiply(a, np.float32(scale), out=f)
+        else:  # |x| < 2^-88: the scale overflows float32
+            f = a.astype(np.float64) * scale
         np.floor(f, out=f)  # before the offset: 4096 - 1e-6 would round to 4096 in float32
         f += np.float32(BINS)  # exact, in [0, 2 * BINS]: |a| <= R
         np.copyto(u, f, casting="unsafe")
