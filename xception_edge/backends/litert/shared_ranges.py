@@ -27,12 +27,13 @@ import numpy as np
 
 from ...errors import ConversionFailed
 from ...model_io import _all_layers
+from ..onnxruntime.histograms import PERCENTILE
 from .ops import _references
 
 RTOL, ATOL = 1e-3, 1e-4  # two float runtimes' first-image min/max agree to this
 
 
-def onnxruntime_ranges(src, exports, calib, label: str, record: dict, method: str = "minmax", percentile: float = 99.999):
+def onnxruntime_ranges(src, exports, calib, label: str, record: dict, method: str = "minmax", percentile: float = PERCENTILE):
     """A ``ranges(first)`` for ``calibrate.every_core``, with ONNX Runtime's calibration done now
     (or reused from an earlier target of the run), or None (``record["why"]`` says why) when ONNX
     Runtime cannot serve: not installed, or no Keras model the ONNX writer covers. ``method``:

@@ -25,9 +25,11 @@ import math
 
 import numpy as np
 
+from ...profiles import QuantSpec
+
 BINS = 4096  # a side: 2 * BINS indices fit uint16, the fast path of np.bincount
 SAMPLE = 1 << 18  # values of one tensor per image that go into its histogram (min and max see all)
-PERCENTILE = 99.999  # ONNX Runtime's default for CalibrationMethod.Percentile
+PERCENTILE = QuantSpec().calibration_percentile  # ONNX Runtime's default for CalibrationMethod.Percentile
 
 
 class _Tensor:
